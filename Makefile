@@ -1,0 +1,28 @@
+# Two commands on a fresh machine with Python 3.11:  make demo  (whole workflow on the embedded synthetic data)
+#                                                    make test  (the test suite)
+PYTHON ?= python3.11
+VENV ?= .venv
+CORES ?= all
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) all
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,44 @@
+# Semantic Genesis: self-discovery, self-classification and self-restoration pretraining for 3D CT and 2D X-ray.
+# Targets: preprocess_3d, preprocess_2d (later stages add pretrain_3d, pretrain_2d, tables, all).
+import os
+import sys
+from pathlib import Path
+
+# Rules call the project's package from this checkout, whether or not it was pip-installed (conda users).
+PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, PACKAGE_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH")) if p)
+
+from semantic_genesis.config import validate_config
+
+
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+validate_config(config)
+
+
+include: "rules/common.smk"
+include: "rules/synthetic.smk"
+include: "rules/preprocess.smk"
+
+
+rule preprocess_3d:
+    input:
+        "results/ct/scans.tsv",
+        ct_preprocessed_files(),
+        synthetic_montages("ct"),
+
+
+rule preprocess_2d:
+    input:
+        "results/cxr/images.tsv",
+        "results/cxr/images.h5",
+        synthetic_montages("cxr"),
+
+
+rule all:
+    default_target: True
+    input:
+        rules.preprocess_3d.input,
+        rules.preprocess_2d.input,

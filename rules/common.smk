@@ -1,0 +1,74 @@
+# Paths, input functions and wildcard constraints shared by the rules.
+import glob
+
+from semantic_genesis.readers import VOLUME_SUFFIXES
+from semantic_genesis.synthetic import synthetic_ct_scans
+
+ENV = "../envs/semantic_genesis.yaml"
+LOGS = "results/logs"
+BENCHMARKS = "results/benchmarks"
+
+SYNTHETIC_CT = config["data"]["ct_root"] is None
+SYNTHETIC_CXR = config["data"]["cxr_root"] is None
+CT_ROOT = "results/synthetic/luna16" if SYNTHETIC_CT else config["data"]["ct_root"]
+CXR_ROOT = "results/synthetic/chestxray14" if SYNTHETIC_CXR else config["data"]["cxr_root"]
+SYNTHETIC_SCANS = synthetic_ct_scans(
+    config["synthetic"]["seed"], config["synthetic"]["ct"]["patients"], config["synthetic"]["ct"]["subsets"]
+)
+SPLIT_OF_SUBSET = {
+    subset: split for split, subsets in config["preprocess"]["ct"]["splits"].items() for subset in subsets
+}
+
+
+def _available_subsets():
+    """Configured subsets that hold data; a missing one is reported, not fatal (partial LUNA16 downloads are common)."""
+    if SYNTHETIC_CT:
+        present = {subset for subset, _ in SYNTHETIC_SCANS}
+    else:
+        present = {s for s in SPLIT_OF_SUBSET if os.path.isdir(os.path.join(CT_ROOT, s))}
+    for subset in sorted(set(SPLIT_OF_SUBSET) - present):
+        print(f"note: configured CT subset '{subset}' has no data under {CT_ROOT}; skipped", file=sys.stderr)
+    if not present & set(config["preprocess"]["ct"]["splits"]["train"]):
+        raise WorkflowError(
+            f"none of the training subsets {config['preprocess']['ct']['splits']['train']} exists under {CT_ROOT} "
+            "(set data.ct_root to a LUNA16-style folder, or preprocess.ct.splits to its subset folder names)"
+        )
+    return sorted(present, key=lambda s: (len(s), s))
+
+
+CT_SUBSETS = _available_subsets()
+
+
+wildcard_constraints:
+    subset="|".join(CT_SUBSETS),
+
+
+def ct_subset_inputs(wildcards):
+    """Scan headers (scans) and their data files (data) of one subset."""
+    folder = os.path.join(CT_ROOT, wildcards.subset)
+    if SYNTHETIC_CT:
+        uids = [uid for subset, uid in SYNTHETIC_SCANS if subset == wildcards.subset]
+        return {"scans": [f"{folder}/{u}.mhd" for u in uids], "data": [f"{folder}/{u}.raw" for u in uids]}
+    scans = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(VOLUME_SUFFIXES))
+    data = sorted(glob.glob(os.path.join(folder, "*.raw")) + glob.glob(os.path.join(folder, "*.zraw")))
+    return {"scans": scans, "data": data}
+
+
+def ct_preprocessed_files():
+    return expand("results/ct/preprocessed/{subset}.h5", subset=CT_SUBSETS)
+
+
+def cxr_inputs(wildcards):
+    """ChestX-ray14 index files and image folder."""
+    return {
+        "entries": f"{CXR_ROOT}/Data_Entry_2017.csv",
+        "train_val": f"{CXR_ROOT}/train_val_list.txt",
+        "test": f"{CXR_ROOT}/test_list.txt",
+        "images": f"{CXR_ROOT}/images",
+    }
+
+
+def synthetic_montages(kind):
+    """The synthetic data's montage when that data source is synthetic, so a person can see what was generated."""
+    synthetic = SYNTHETIC_CT if kind == "ct" else SYNTHETIC_CXR
+    return [f"results/synthetic/montage_{kind}.png"] if synthetic else []

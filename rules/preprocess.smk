@@ -1,0 +1,67 @@
+# 3D preprocessing (one job per LUNA16-style subset) and 2D preprocessing (one job for the radiograph set).
+
+
+rule preprocess_ct:
+    input:
+        unpack(ct_subset_inputs),
+    output:
+        h5="results/ct/preprocessed/{subset}.h5",
+        tsv="results/ct/preprocessed/{subset}.tsv",
+    params:
+        settings={k: v for k, v in config["preprocess"]["ct"].items() if k != "splits"},
+        split=lambda wildcards: SPLIT_OF_SUBSET[wildcards.subset],
+        strict=config["preprocess"]["strict"],
+    log:
+        f"{LOGS}/preprocess_ct/{{subset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/preprocess_ct/{{subset}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/preprocess_ct.py"
+
+
+rule ct_manifest:
+    input:
+        expand("results/ct/preprocessed/{subset}.tsv", subset=CT_SUBSETS),
+    output:
+        report("results/ct/scans.tsv", category="Data", caption="../report/scans.rst"),
+    log:
+        f"{LOGS}/ct_manifest.log",
+    benchmark:
+        f"{BENCHMARKS}/ct_manifest.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/ct_manifest.py"
+
+
+rule preprocess_cxr:
+    input:
+        unpack(cxr_inputs),
+    output:
+        h5="results/cxr/images.h5",
+        tsv=report("results/cxr/images.tsv", category="Data", caption="../report/images.rst"),
+    params:
+        settings=config["preprocess"]["cxr"],
+        strict=config["preprocess"]["strict"],
+    log:
+        f"{LOGS}/preprocess_cxr.log",
+    benchmark:
+        f"{BENCHMARKS}/preprocess_cxr.tsv"
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/preprocess_cxr.py"

@@ -1,0 +1,104 @@
+"""2D preprocessing: ChestX-ray14 index, patient-level splits, HDF5 storage, bad images, a real DICOM."""
+import shutil
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from semantic_genesis.preprocess_cxr import (
+    CXR14_COLUMNS, CXRSettings, PreprocessedCXR, assign_splits, preprocess_chestxray14, read_chestxray14_index,
+)
+from semantic_genesis.preprocess_ct import NoUsableDataError
+from semantic_genesis.readers import InputError
+
+from conftest import DATA, write_png
+
+
+def make_cxr14(root, patients=10, per_patient=2, size=64, test_patients=(1, 2)):
+    """A ChestX-ray14-layout folder with gradient images whose mean encodes their row number."""
+    rows, train_val, test = [], [], []
+    for p in range(1, patients + 1):
+        for f in range(per_patient):
+            name = f"{p:08d}_{f:03d}.png"
+            value = (10 * len(rows)) % 250
+            write_png(root / "images" / name, np.full((size, size), value, np.uint8))
+            rows.append([name, "No Finding" if p % 3 else "Nodule|Effusion", f, p, 40, "F", "PA", size, size,
+                         0.143, 0.143, ""])
+            (test if p in test_patients else train_val).append(name)
+    pd.DataFrame(rows, columns=CXR14_COLUMNS).to_csv(root / "Data_Entry_2017.csv", index=False)
+    (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
+    (root / "test_list.txt").write_text("\n".join(test) + "\n")
+    return rows
+
+
+def test_index_and_patient_level_splits(tmp_path):
+    make_cxr14(tmp_path, patients=30)
+    index = read_chestxray14_index(tmp_path)
+    assert len(index) == 60 and set(index.official) == {"train_val", "test"}
+    split = assign_splits(index, val_fraction=0.2, seed=0)
+    assert (split[index.official == "test"] == "test").all()
+    per_patient = pd.DataFrame({"patient": index.patient, "split": split}).groupby("patient").split.nunique()
+    assert (per_patient == 1).all(), "a patient must never be in two splits"
+    assert (split == "val").sum() == 2 * round(0.2 * 28)
+    pd.testing.assert_series_equal(split, assign_splits(index, 0.2, seed=0))
+
+
+def test_preprocess_stores_images_and_records_bad_ones(tmp_path):
+    rows = make_cxr14(tmp_path / "cxr", patients=4)
+    bad = tmp_path / "cxr" / "images" / rows[1][0]
+    bad.write_bytes(bad.read_bytes()[:30])
+    (tmp_path / "cxr" / "images" / rows[2][0]).unlink()
+    settings = CXRSettings(size=32, val_fraction=0.0)
+    manifest = preprocess_chestxray14(tmp_path / "cxr", settings, tmp_path / "out.h5", tmp_path / "out.tsv")
+    assert manifest.status.tolist() == ["ok", "excluded", "excluded"] + ["ok"] * 5
+    assert "cannot read" in manifest.reason[1] and "does not exist" in manifest.reason[2]
+    ok = manifest[manifest.status == "ok"]
+    assert ok["index"].tolist() == list(range(6))
+    with PreprocessedCXR(tmp_path / "out.h5") as store:
+        assert len(store) == 6 and store.ids == ok.id.tolist()
+        for (_, row), position in zip(ok.iterrows(), range(6)):
+            image = store.image(position)
+            assert image.shape == (32, 32) and image.dtype == np.float32
+            original = rows[[r[0] for r in rows].index(row.id)]
+            value = (10 * [r[0] for r in rows].index(original[0])) % 250
+            np.testing.assert_allclose(image, value / 255.0, atol=1 / 255)
+    with h5py.File(tmp_path / "out.h5") as h5:
+        assert h5["images"].chunks == (1, 32, 32) and h5["images"].dtype == np.uint8
+
+
+def test_strict_mode_stops_and_leaves_nothing(tmp_path):
+    rows = make_cxr14(tmp_path / "cxr", patients=2)
+    (tmp_path / "cxr" / "images" / rows[0][0]).write_bytes(b"broken")
+    with pytest.raises(InputError, match="strict"):
+        preprocess_chestxray14(tmp_path / "cxr", CXRSettings(size=16), tmp_path / "o.h5", tmp_path / "o.tsv",
+                               strict=True)
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.tsv").exists()
+
+
+def test_no_usable_image_fails(tmp_path):
+    rows = make_cxr14(tmp_path / "cxr", patients=1, per_patient=1, test_patients=())
+    (tmp_path / "cxr" / "images" / rows[0][0]).unlink()
+    with pytest.raises(NoUsableDataError, match="no usable radiograph"):
+        preprocess_chestxray14(tmp_path / "cxr", CXRSettings(size=16), tmp_path / "o.h5", tmp_path / "o.tsv")
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_real_monochrome1_dicom_comes_out_with_dark_lungs(tmp_path):
+    """A real CR in DICOM, listed in a ChestX-ray14-style index, is stored with ChestX-ray14's polarity."""
+    root = tmp_path / "cxr"
+    (root / "images").mkdir(parents=True)
+    shutil.copy(DATA / "RG1_UNCR.dcm", root / "images" / "RG1_UNCR.dcm")
+    pd.DataFrame([["RG1_UNCR.dcm", "No Finding", 0, 1, 50, "M", "PA", 1841, 1955, 0.2, 0.2, ""]],
+                 columns=CXR14_COLUMNS).to_csv(root / "Data_Entry_2017.csv", index=False)
+    (root / "train_val_list.txt").write_text("RG1_UNCR.dcm\n")
+    (root / "test_list.txt").write_text("")
+    manifest = preprocess_chestxray14(root, CXRSettings(size=128, val_fraction=0.0), tmp_path / "o.h5",
+                                      tmp_path / "o.tsv")
+    assert manifest.loc[0, ["status", "width", "height"]].tolist() == ["ok", 1841, 1955]
+    with PreprocessedCXR(tmp_path / "o.h5") as store:
+        image = store.image(0)
+    rows = slice(38, 77)
+    lungs = (image[rows, 26:45].mean() + image[rows, 83:102].mean()) / 2
+    mediastinum = image[rows, 60:68].mean()
+    assert lungs < mediastinum - 0.1

@@ -1,0 +1,107 @@
+"""Load and validate the workflow configuration against config/schema.yaml, filling defaults."""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or inconsistent."""
+
+
+def _with_defaults(validator_class: type) -> type:
+    """Extend a jsonschema validator so that it fills in `default` values while it validates."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """Turn a jsonschema error into one sentence that names the config key."""
+    where = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        parts = []
+        for name in extra:
+            close = difflib.get_close_matches(str(name), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            parts.append(f"unknown key '{_key([*error.absolute_path, name])}'{hint}")
+        return "; ".join(parts) + f". Allowed keys under {where}: {', '.join(allowed)}"
+    return f"config key '{where}': {error.message}"
+
+
+def _check_consistency(config: dict) -> None:
+    """Checks a JSON schema cannot express: ordered ranges and disjoint splits."""
+    def ordered(path: str, pair: list) -> None:
+        if pair[0] > pair[1]:
+            raise ConfigError(f"config key '{path}': lower bound {pair[0]} exceeds upper bound {pair[1]}")
+
+    syn = config["synthetic"]
+    for name in ("fov_mm", "nodules", "nodule_diameter_mm", "noise_hu"):
+        ordered(f"synthetic.ct.{name}", syn["ct"][name])
+    ordered("synthetic.cxr.follow_ups", syn["cxr"]["follow_ups"])
+    lo, hi = config["preprocess"]["ct"]["hu_window"]
+    if lo >= hi:
+        raise ConfigError(f"config key 'preprocess.ct.hu_window': {lo} must be below {hi}")
+    seen: dict[str, str] = {}
+    for split, subsets in config["preprocess"]["ct"]["splits"].items():
+        for subset in subsets:
+            if subset in seen:
+                raise ConfigError(
+                    f"config key 'preprocess.ct.splits': subset '{subset}' is in both '{seen[subset]}' and '{split}'"
+                )
+            seen[subset] = split
+    if not config["preprocess"]["ct"]["splits"]["train"]:
+        raise ConfigError("config key 'preprocess.ct.splits.train': needs at least one subset")
+
+
+def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
+    """Validate `config` in place (defaults filled in) and return it; raise ConfigError naming the offending key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), _key(e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid configuration: " + _describe(errors[0]))
+    _check_consistency(config)
+    return config
+
+
+def load_config(path: Path | str | None = None, overrides: dict | None = None) -> dict:
+    """Read a YAML config (default: none, i.e. all defaults), apply overrides recursively and validate."""
+    config = yaml.safe_load(Path(path).read_text()) if path else {}
+    config = config or {}
+    if overrides:
+        merge(config, overrides)
+    return validate_config(config)
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursively merge `update` into `base` (as Snakemake merges --configfile files) and return base."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base

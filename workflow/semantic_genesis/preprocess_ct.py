@@ -1,0 +1,248 @@
+"""3D preprocessing: canonical orientation, optional resampling, HU window, compact HDF5 storage and thumbnails."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import __version__
+from .artifacts import atomic_path, read_tsv, write_tsv
+from .parallel import ordered_map
+from .readers import InputError, read_volume, scan_id
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["id", "subset", "split", "path", "status", "reason", "shape", "spacing"]
+
+
+@dataclass(frozen=True)
+class CTSettings:
+    """Preprocessing settings; sizes and spacings are (x, y, z) as in the config."""
+
+    hu_window: tuple[int, int] = (-1000, 1000)
+    min_slices: int = 96
+    spacing_mm: tuple[float, float, float] | None = None
+    orientation: str = "LPS"
+    thumbnail_size: tuple[int, int, int] = (64, 64, 32)
+    chunk: tuple[int, int, int] = (64, 64, 32)
+    compression: str = "lzf"
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> CTSettings:
+        """Build from the `preprocess.ct` config section (keys that are not settings, like splits, are ignored)."""
+        spacing = cfg.get("spacing_mm")
+        return cls(
+            hu_window=tuple(cfg["hu_window"]),
+            min_slices=int(cfg["min_slices"]),
+            spacing_mm=tuple(float(s) for s in spacing) if spacing else None,
+            orientation=cfg["orientation"],
+            thumbnail_size=tuple(cfg["thumbnail_size"]),
+            chunk=tuple(cfg["chunk"]),
+            compression=cfg["compression"],
+        )
+
+
+@dataclass
+class ProcessedScan:
+    """One scan after preprocessing: int16 HU inside the window, array index [z, y, x]."""
+
+    hu: np.ndarray
+    spacing_xyz: tuple[float, float, float]
+    origin_xyz: tuple[float, float, float]
+    direction: tuple[float, ...]
+    thumbnail: np.ndarray
+
+
+def to_unit(hu: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """Map HU (already inside the window) linearly to float32 in [0, 1]."""
+    lo, hi = window
+    return (hu.astype(np.float32) - lo) / float(hi - lo)
+
+
+def reorient(image: sitk.Image, orientation: str) -> sitk.Image:
+    """Permute/flip axes so that the image directions follow `orientation` (ITK's DICOMOrient convention)."""
+    return sitk.DICOMOrient(image, orientation)
+
+
+def resample(image: sitk.Image, spacing_xyz: tuple[float, float, float], fill_hu: float) -> sitk.Image:
+    """Linear resampling to a new voxel spacing covering the same physical extent."""
+    old_spacing = np.array(image.GetSpacing())
+    size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / np.array(spacing_xyz))).astype(int)
+    return sitk.Resample(
+        image, [int(s) for s in size], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+        [float(s) for s in spacing_xyz], image.GetDirection(), float(fill_hu), sitk.sitkFloat32,
+    )
+
+
+def window_hu(array: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """Clip to the HU window and store as int16 (lossless for integer HU; float HU are rounded)."""
+    lo, hi = window
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.rint(array)
+    return np.clip(array, lo, hi).astype(np.int16, copy=False)
+
+
+def thumbnail(hu: np.ndarray, window: tuple[int, int], size_xyz: tuple[int, int, int]) -> np.ndarray:
+    """Whole scan resized to size_xyz by area averaging (anti-aliased), [0, 1] float16, index [z, y, x]."""
+    volume = torch.from_numpy(to_unit(hu, window))[None, None]
+    pooled = F.adaptive_avg_pool3d(volume, tuple(reversed(size_xyz)))
+    return pooled[0, 0].numpy().astype(np.float16)
+
+
+def preprocess_scan(path: Path | str, settings: CTSettings) -> ProcessedScan:
+    """Read, reorient, optionally resample and window one scan; raise InputError if it is unusable."""
+    image = reorient(read_volume(path), settings.orientation)
+    if settings.spacing_mm is not None:
+        image = resample(image, settings.spacing_mm, fill_hu=settings.hu_window[0])
+    slices = image.GetSize()[2]
+    if slices < settings.min_slices:
+        raise InputError(path, f"has {slices} slices, fewer than min_slices = {settings.min_slices}")
+    if min(image.GetSize()[:2]) < min(settings.chunk[:2]):
+        raise InputError(path, f"in-plane size {image.GetSize()[0]}x{image.GetSize()[1]} is below the crop size")
+    hu = window_hu(sitk.GetArrayViewFromImage(image), settings.hu_window)
+    return ProcessedScan(
+        hu=hu,
+        spacing_xyz=tuple(image.GetSpacing()),
+        origin_xyz=tuple(image.GetOrigin()),
+        direction=tuple(image.GetDirection()),
+        thumbnail=thumbnail(hu, settings.hu_window, settings.thumbnail_size),
+    )
+
+
+def _fmt(values, digits: int | None = None) -> str:
+    return "x".join(f"{v:.{digits}f}" if digits is not None else str(v) for v in values)
+
+
+def _process(path: str, settings: CTSettings) -> tuple[str, ProcessedScan | str, float]:
+    """Worker: the processed scan, or the reason it is unusable, and the seconds it took."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    try:
+        result: ProcessedScan | str = preprocess_scan(path, settings)
+    except InputError as error:
+        result = error.problem
+    return path, result, time.perf_counter() - start
+
+
+def preprocess_subset(
+    scans: list[str], subset: str, split: str, settings: CTSettings, out_h5: Path | str, out_tsv: Path | str,
+    strict: bool = False, workers: int = 1,
+) -> pd.DataFrame:
+    """Preprocess the scans of one subset into one HDF5 file and a manifest; bad scans are recorded, not fatal."""
+    rows = []
+    seen: set[str] = set()
+    chunk_zyx = tuple(reversed(settings.chunk))
+    compression = None if settings.compression == "none" else settings.compression
+    log.info("subset %s (%s): %d scans, settings %s", subset, split, len(scans), asdict(settings))
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update(subset=subset, split=split, settings=json.dumps(asdict(settings)), version=__version__,
+                        layout="scans/<id>: int16 HU, index [z, y, x]; thumbnails/<id>: float16 [0, 1]")
+        work = partial(_process, settings=settings)
+        progress = tqdm(ordered_map(work, [str(s) for s in scans], workers), total=len(scans), desc=f"preprocess {subset}", unit="scan")
+        for path, result, seconds in progress:
+            sid = scan_id(path)
+            row = dict(id=sid, subset=subset, split=split, path=path, status="ok", reason="", shape="", spacing="")
+            if sid in seen:
+                result = f"duplicate id {sid} in subset {subset}"
+            if isinstance(result, str):
+                row.update(status="excluded", reason=result)
+                log.warning("excluded %s: %s", path, result)
+                if strict:
+                    raise InputError(path, f"{result} (preprocess.strict is true)")
+            else:
+                seen.add(sid)
+                hu = result.hu
+                data = h5.create_dataset(f"scans/{sid}", data=hu, chunks=tuple(min(c, s) for c, s in zip(chunk_zyx, hu.shape)),
+                                         compression=compression)
+                data.attrs.update(spacing_xyz=result.spacing_xyz, origin_xyz=result.origin_xyz,
+                                  direction=result.direction, source=path)
+                h5.create_dataset(f"thumbnails/{sid}", data=result.thumbnail)
+                row.update(shape=_fmt(hu.shape[::-1]), spacing=_fmt(result.spacing_xyz, 3))
+                log.info("%s: %s voxels at %s mm in %.2f s", sid, row["shape"], row["spacing"], seconds)
+            rows.append(row)
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    write_tsv(manifest, out_tsv)
+    log.info("subset %s: %d usable, %d excluded", subset, (manifest.status == "ok").sum(), (manifest.status != "ok").sum())
+    return manifest
+
+
+class NoUsableDataError(RuntimeError):
+    """Every input was excluded: nothing downstream could run."""
+
+
+def gather_manifests(tsvs: list[str], out_tsv: Path | str) -> pd.DataFrame:
+    """Concatenate per-subset manifests; exclude ids seen in an earlier subset; fail if no usable scan remains."""
+    manifest = pd.concat([read_tsv(t) for t in tsvs], ignore_index=True)
+    usable = manifest[manifest.status == "ok"]
+    repeated = usable.index[usable.id.duplicated(keep="first")]
+    first_subset = usable.drop_duplicates("id").set_index("id").subset
+    manifest.loc[repeated, "status"] = "excluded"
+    manifest.loc[repeated, "reason"] = [f"duplicate id, already in subset {first_subset[i]}" for i in manifest.id[repeated]]
+    usable = manifest[manifest.status == "ok"]
+    if usable.empty:
+        reasons = manifest.groupby("reason").size().sort_values(ascending=False).head(5)
+        raise NoUsableDataError(
+            f"no usable CT scan remains out of {len(manifest)}; most common reasons: "
+            + "; ".join(f"{n} x {r}" for r, n in reasons.items())
+        )
+    write_tsv(manifest, out_tsv)
+    counts = usable.groupby("split").size().to_dict()
+    log.info("%d usable scans %s, %d excluded", len(usable), counts, len(manifest) - len(usable))
+    return manifest
+
+
+class PreprocessedCT:
+    """Read access to one subset file written by preprocess_subset; values come back in [0, 1], index [z, y, x]."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._h5 = h5py.File(self.path, "r")
+        self.settings = CTSettings(**{k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in json.loads(self._h5.attrs["settings"]).items()})
+
+    def __enter__(self) -> PreprocessedCT:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HDF5 file."""
+        self._h5.close()
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of the usable scans in this file."""
+        return list(self._h5["scans"]) if "scans" in self._h5 else []
+
+    def hu(self, sid: str) -> np.ndarray:
+        """The stored int16 HU volume."""
+        return self._h5["scans"][sid][()]
+
+    def volume(self, sid: str) -> np.ndarray:
+        """The whole scan in [0, 1]."""
+        return to_unit(self.hu(sid), self.settings.hu_window)
+
+    def crop(self, sid: str, start_zyx: tuple[int, int, int], size_zyx: tuple[int, int, int]) -> np.ndarray:
+        """A crop in [0, 1]; only the chunks it touches are read from disk."""
+        index = tuple(slice(b, b + s) for b, s in zip(start_zyx, size_zyx))
+        return to_unit(self._h5["scans"][sid][index], self.settings.hu_window)
+
+    def thumbnail(self, sid: str) -> np.ndarray:
+        """The autoencoder-size thumbnail in [0, 1] as float32."""
+        return self._h5["thumbnails"][sid][()].astype(np.float32)
+
+    def spacing(self, sid: str) -> tuple[float, float, float]:
+        """Voxel spacing (x, y, z) in mm."""
+        return tuple(float(v) for v in self._h5["scans"][sid].attrs["spacing_xyz"])

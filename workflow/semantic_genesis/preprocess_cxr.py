@@ -1,0 +1,157 @@
+"""2D preprocessing: ChestX-ray14-style radiographs to grayscale [0, 1] at one size, in one chunked HDF5 file."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from . import __version__
+from .artifacts import atomic_path, write_tsv
+from .parallel import ordered_map
+from .preprocess_ct import NoUsableDataError
+from .readers import InputError, read_radiograph
+
+log = logging.getLogger(__name__)
+
+# ChestX-ray14's header splits two column names at their inner comma and ends with a comma: keep it byte-compatible.
+CXR14_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+                 "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]", ""]
+MANIFEST_COLUMNS = ["id", "patient", "split", "labels", "path", "status", "reason", "index", "width", "height"]
+
+
+@dataclass(frozen=True)
+class CXRSettings:
+    """Output size (square, pixels), share of train_val patients held out for validation, and the split seed."""
+
+    size: int = 128
+    val_fraction: float = 0.1
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> CXRSettings:
+        """Build from the `preprocess.cxr` config section."""
+        return cls(size=cfg["size"], val_fraction=cfg["val_fraction"], seed=cfg["split_seed"])
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize a [0, 1] float image to size x size with Lanczos filtering (anti-aliased when shrinking)."""
+    resized = Image.fromarray(image.astype(np.float32), mode="F").resize((size, size), Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(resized), 0.0, 1.0)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Quantise [0, 1] to 8 bits, the depth of ChestX-ray14's PNGs."""
+    return np.rint(image * 255.0).astype(np.uint8)
+
+
+def preprocess_radiograph(path: Path | str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """One radiograph as uint8 (size x size) plus its original (width, height); raise InputError if unusable."""
+    image = read_radiograph(path)
+    return to_uint8(resize(image, size)), (image.shape[1], image.shape[0])
+
+
+def _process(path: str, size: int) -> tuple[np.ndarray | str, tuple[int, int], float]:
+    start = time.perf_counter()
+    try:
+        image, shape = preprocess_radiograph(path, size)
+    except InputError as error:
+        return error.problem, (0, 0), time.perf_counter() - start
+    return image, shape, time.perf_counter() - start
+
+
+def read_chestxray14_index(root: Path | str) -> pd.DataFrame:
+    """Image, patient, labels and official split (train_val or test) from Data_Entry_2017.csv and the two lists."""
+    root = Path(root)
+    entries = pd.read_csv(root / "Data_Entry_2017.csv", dtype={"Image Index": str})
+    missing = {"Image Index", "Finding Labels", "Patient ID"} - set(entries.columns)
+    if missing:
+        raise ValueError(f"{root / 'Data_Entry_2017.csv'}: missing columns {sorted(missing)}")
+    lists = {name: set((root / f"{name}_list.txt").read_text().split()) for name in ("train_val", "test")}
+    both = lists["train_val"] & lists["test"]
+    if both:
+        raise ValueError(f"{root}: {len(both)} images are in both train_val_list.txt and test_list.txt, e.g. {sorted(both)[0]}")
+    official = np.where(entries["Image Index"].isin(lists["test"]), "test",
+                        np.where(entries["Image Index"].isin(lists["train_val"]), "train_val", ""))
+    return pd.DataFrame({"id": entries["Image Index"], "patient": entries["Patient ID"].astype(int),
+                         "labels": entries["Finding Labels"], "official": official,
+                         "path": [str(root / "images" / name) for name in entries["Image Index"]]})
+
+
+def assign_splits(index: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
+    """train/val/test per image: test from the official list, val = a seeded share of train_val patients."""
+    patients = np.sort(index.patient[index.official == "train_val"].unique())
+    n_val = int(round(val_fraction * len(patients)))
+    val = set(np.random.default_rng(seed).choice(patients, size=n_val, replace=False).tolist()) if n_val else set()
+    split = np.where(index.official == "test", "test", np.where(index.patient.isin(val), "val", "train"))
+    return pd.Series(np.where(index.official == "", "", split), index=index.index)
+
+
+def preprocess_chestxray14(root: Path | str, settings: CXRSettings, out_h5: Path | str, out_tsv: Path | str,
+                           strict: bool = False, workers: int = 1) -> pd.DataFrame:
+    """Preprocess every listed radiograph into images.h5 (uint8, N x size x size) and a manifest."""
+    index = read_chestxray14_index(root)
+    index["split"] = assign_splits(index, settings.val_fraction, settings.seed)
+    unlisted = index.split == ""
+    manifest = index.drop(columns="official").assign(status="ok", reason="", index=-1, width=0, height=0)
+    manifest.loc[unlisted, ["status", "reason"]] = ["excluded", "in neither train_val_list.txt nor test_list.txt"]
+    todo = manifest.index[~unlisted]
+    size = settings.size
+    log.info("%d radiographs listed, %d unlisted; settings %s", len(todo), unlisted.sum(), asdict(settings))
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update(settings=json.dumps(asdict(settings)), version=__version__,
+                        layout="images: uint8 (N, size, size), value / 255 in [0, 1]; ids: file names")
+        images = h5.create_dataset("images", shape=(len(todo), size, size), maxshape=(None, size, size),
+                                   dtype=np.uint8, chunks=(1, size, size))
+        ids = []
+        work = partial(_process, size=size)
+        results = ordered_map(work, manifest.path[todo].tolist(), workers)
+        for row, (result, (width, height), seconds) in tqdm(zip(todo, results), total=len(todo), desc="preprocess CXR",
+                                                            unit="image"):
+            if isinstance(result, str):
+                manifest.loc[row, ["status", "reason"]] = ["excluded", result]
+                log.warning("excluded %s: %s", manifest.path[row], result)
+                if strict:
+                    raise InputError(manifest.path[row], f"{result} (preprocess.strict is true)")
+                continue
+            images[len(ids)] = result
+            manifest.loc[row, ["index", "width", "height"]] = [len(ids), width, height]
+            ids.append(manifest.id[row])
+        if not ids:
+            raise NoUsableDataError(f"no usable radiograph remains out of {len(manifest)} under {root}")
+        images.resize(len(ids), axis=0)
+        h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+    manifest = manifest[MANIFEST_COLUMNS]
+    write_tsv(manifest, out_tsv)
+    log.info("%d usable radiographs %s, %d excluded", len(ids), manifest[manifest.status == "ok"].groupby("split").size().to_dict(),
+             (manifest.status != "ok").sum())
+    return manifest
+
+
+class PreprocessedCXR:
+    """Read access to images.h5; images come back as float32 in [0, 1]."""
+
+    def __init__(self, path: Path | str):
+        self._h5 = h5py.File(path, "r")
+        self.ids = [i.decode() if isinstance(i, bytes) else i for i in self._h5["ids"][()]]
+
+    def __enter__(self) -> PreprocessedCXR:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._h5.close()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image(self, index: int) -> np.ndarray:
+        """Image number `index` (the manifest's index column) in [0, 1]."""
+        return self._h5["images"][index].astype(np.float32) / 255.0

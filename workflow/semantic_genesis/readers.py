@@ -1,0 +1,129 @@
+"""Read CT volumes and radiographs with SimpleITK, turning every kind of bad file into a clear InputError."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+VOLUME_SUFFIXES = (".mhd", ".mha", ".nrrd", ".nhdr", ".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".dcm", ".jpg", ".jpeg")
+
+_MET_BYTES = {
+    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+    "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+}
+
+
+class InputError(Exception):
+    """A scan or image that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: Path | str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+def scan_id(path: Path | str) -> str:
+    """The scan's id: its file name without the (possibly double) extension, e.g. the LUNA16 seriesuid."""
+    name = Path(path).name
+    for suffix in (*VOLUME_SUFFIXES, *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def _metaimage_header(path: Path) -> dict[str, str]:
+    """Key/value pairs of a MetaImage (.mhd) header."""
+    header = {}
+    for line in path.read_text(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            header[key.strip()] = value.strip()
+    return header
+
+
+def check_metaimage_data(path: Path) -> None:
+    """Raise InputError if an .mhd header's raw data file is missing or shorter/longer than the header says."""
+    header = _metaimage_header(path)
+    data_file = header.get("ElementDataFile", "")
+    if not data_file or data_file == "LOCAL" or data_file.startswith("LIST") or "%" in data_file:
+        return
+    raw = path.parent / data_file
+    if not raw.exists():
+        raise InputError(path, f"its data file {raw.name} is missing")
+    if header.get("CompressedData", "False").lower() == "true" or header.get("HeaderSize", "0") != "0":
+        return
+    try:
+        dims = [int(v) for v in header["DimSize"].split()]
+        item = _MET_BYTES[header["ElementType"]] * int(header.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError):
+        raise InputError(path, "header lacks a valid DimSize or ElementType") from None
+    expected = int(np.prod(dims)) * item
+    actual = raw.stat().st_size
+    if actual != expected:
+        what = "truncated" if actual < expected else "larger than its header says"
+        raise InputError(raw, f"{what}: {actual} bytes, expected {expected} for DimSize {dims} {header['ElementType']}")
+
+
+def _read(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise InputError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        detail = next((ln.strip() for ln in str(error).splitlines() if "rror" in ln or "annot" in ln), str(error))
+        raise InputError(path, f"SimpleITK cannot read it ({detail.strip()[:200]})") from None
+
+
+def _check_finite(path: Path, array: np.ndarray) -> None:
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise InputError(path, f"{bad} voxels are NaN or infinite")
+
+
+def read_volume(path: Path | str) -> sitk.Image:
+    """Read a scalar 3D volume; raise InputError for missing/truncated data, 2D or vector images and NaN/inf voxels."""
+    path = Path(path)
+    if path.name.lower().endswith(".mhd") and path.exists():
+        check_metaimage_data(path)
+    image = _read(path)
+    size = image.GetSize()
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar CT volume is expected")
+    if image.GetDimension() == 2 or (image.GetDimension() == 3 and min(size) == 1):
+        raise InputError(path, f"is a 2D image of size {'x'.join(map(str, size))}; a 3D volume is expected")
+    if image.GetDimension() != 3:
+        raise InputError(path, f"has {image.GetDimension()} dimensions; a 3D volume is expected")
+    _check_finite(path, sitk.GetArrayViewFromImage(image))
+    return image
+
+
+def read_radiograph(path: Path | str) -> np.ndarray:
+    """Read a 2D radiograph as float32 in [0, 1], displayed convention (air dark, bone bright).
+
+    8-bit images are divided by 255; deeper images (DICOM) are stretched between their 0.5th and 99.5th percentiles.
+    SimpleITK already inverts MONOCHROME1 DICOM, so no extra inversion is applied.
+    """
+    path = Path(path)
+    image = _read(path)
+    if image.GetDimension() == 3:
+        if image.GetSize()[2] != 1:
+            raise InputError(path, f"is a 3D volume of size {'x'.join(map(str, image.GetSize()))}; a 2D radiograph is expected")
+        image = image[:, :, 0]
+    array = sitk.GetArrayFromImage(image)
+    eight_bit = array.dtype == np.uint8
+    if array.ndim == 3:  # colour or grey+alpha PNGs exist in ChestX-ray14: keep luminance, drop alpha
+        channels = array.shape[-1]
+        array = array[..., 0] if channels <= 2 else array[..., :3] @ np.array([0.299, 0.587, 0.114])
+    _check_finite(path, array)
+    if eight_bit:
+        return array.astype(np.float32) / 255.0
+    array = array.astype(np.float32)
+    lo, hi = np.percentile(array, [0.5, 99.5])
+    if hi <= lo:
+        raise InputError(path, f"has no contrast (all values near {lo:g})")
+    return np.clip((array - lo) / (hi - lo), 0.0, 1.0)
