@@ -4,10 +4,12 @@ import os
 import sys
 from pathlib import Path
 
-# Rules call the project's package from this checkout, whether or not it was pip-installed (conda users).
+# Rules call the project's package from this checkout, whether or not it was pip-installed (conda users): the
+# Snakefile imports it through sys.path, and the rules' script processes inherit PYTHONPATH. (We set the variable,
+# we do not require it, so it is not an `envvars:` entry.)
 PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH")) if p)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH")) if p))
 
 from semantic_genesis.config import validate_config
 

@@ -12,7 +12,6 @@ rule synthetic_ct:
     params:
         seed=config["synthetic"]["seed"],
         settings=config["synthetic"]["ct"],
-        root=CT_ROOT,
     log:
         f"{LOGS}/synthetic_ct.log",
     benchmark:
@@ -37,7 +36,6 @@ rule synthetic_cxr:
         seed=config["synthetic"]["seed"],
         settings=config["synthetic"]["cxr"],
         phantom=config["synthetic"]["ct"],
-        root=CXR_ROOT,
     log:
         f"{LOGS}/synthetic_cxr.log",
     benchmark:

@@ -1,4 +1,5 @@
 """Shared fixtures: small volumes and radiographs written in real on-disk formats."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,8 +14,14 @@ DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_volume(path: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5), origin=(-100.0, -100.0, -300.0),
-                 direction=None, compress: bool = False) -> Path:
+def write_volume(
+    path: Path,
+    array: np.ndarray,
+    spacing=(0.8, 0.8, 2.5),
+    origin=(-100.0, -100.0, -300.0),
+    direction=None,
+    compress: bool = False,
+) -> Path:
     """Write a [z, y, x] array with SimpleITK in the format given by the path's extension."""
     path.parent.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(array)

@@ -1,10 +1,9 @@
 """Config validation: defaults, typos, types and consistency checks, each naming the key."""
+
 import pytest
 import yaml
-
-from semantic_genesis.config import ConfigError, load_config, validate_config
-
 from conftest import REPO
+from semantic_genesis.config import ConfigError, load_config, validate_config
 
 
 def test_defaults_fill_an_empty_config():
@@ -41,13 +40,19 @@ def test_wrong_type_names_the_key():
         validate_config({"preprocess": {"ct": {"min_slices": "many"}}})
 
 
-@pytest.mark.parametrize("override, key", [
-    ({"preprocess": {"ct": {"hu_window": [500, -500]}}}, "preprocess.ct.hu_window"),
-    ({"synthetic": {"ct": {"fov_mm": [400, 300]}}}, "synthetic.ct.fov_mm"),
-    ({"preprocess": {"ct": {"splits": {"train": ["subset0"], "val": ["subset0"], "test": []}}}}, "preprocess.ct.splits"),
-    ({"preprocess": {"ct": {"orientation": "LLS"}}}, "preprocess.ct.orientation"),
-    ({"preprocess": {"ct": {"compression": "zip"}}}, "preprocess.ct.compression"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"preprocess": {"ct": {"hu_window": [500, -500]}}}, "preprocess.ct.hu_window"),
+        ({"synthetic": {"ct": {"fov_mm": [400, 300]}}}, "synthetic.ct.fov_mm"),
+        (
+            {"preprocess": {"ct": {"splits": {"train": ["subset0"], "val": ["subset0"], "test": []}}}},
+            "preprocess.ct.splits",
+        ),
+        ({"preprocess": {"ct": {"orientation": "LLS"}}}, "preprocess.ct.orientation"),
+        ({"preprocess": {"ct": {"compression": "zip"}}}, "preprocess.ct.compression"),
+    ],
+)
 def test_inconsistent_values_are_rejected(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(override)

@@ -1,17 +1,22 @@
 """3D preprocessing: window and scale, orientation, resampling, thumbnails, storage, manifests and bad scans."""
+
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-
+from conftest import chest_like, write_png, write_volume
 from semantic_genesis.preprocess_ct import (
-    CTSettings, NoUsableDataError, PreprocessedCT, gather_manifests, preprocess_scan, preprocess_subset, thumbnail,
+    CTSettings,
+    NoUsableDataError,
+    PreprocessedCT,
+    gather_manifests,
+    preprocess_scan,
+    preprocess_subset,
+    thumbnail,
     to_unit,
 )
 from semantic_genesis.readers import InputError
-
-from conftest import chest_like, write_png, write_volume
 
 SMALL = CTSettings(min_slices=16, thumbnail_size=(16, 16, 8), chunk=(16, 16, 8))
 
@@ -82,15 +87,24 @@ def test_subset_stores_good_scans_and_records_bad_ones(tmp_path, workers):
     manifest, out_h5, out_tsv = _subset(tmp_path, workers=workers)
     assert list(manifest.id) == ["good0", "good1", "thin", "trunc", "flat", "nans"]
     status = dict(zip(manifest.id, manifest.status))
-    assert status == {"good0": "ok", "good1": "ok", "thin": "excluded", "trunc": "excluded", "flat": "excluded",
-                      "nans": "excluded"}
+    assert status == {
+        "good0": "ok",
+        "good1": "ok",
+        "thin": "excluded",
+        "trunc": "excluded",
+        "flat": "excluded",
+        "nans": "excluded",
+    }
     reasons = dict(zip(manifest.id, manifest.reason))
     assert "10 slices" in reasons["thin"] and "truncated" in reasons["trunc"]
     assert "2D image" in reasons["flat"] and "NaN" in reasons["nans"]
     assert manifest.shape[0] == 6 and manifest.loc[0, "shape"] == "48x48x40"
     assert manifest.loc[0, "spacing"] == "0.800x0.800x2.500"
-    pd.testing.assert_frame_equal(pd.read_csv(out_tsv, sep="\t", keep_default_na=False, dtype={"shape": str}),
-                                  manifest.astype({"shape": str}), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out_tsv, sep="\t", keep_default_na=False, dtype={"shape": str}),
+        manifest.astype({"shape": str}),
+        check_dtype=False,
+    )
     with PreprocessedCT(out_h5) as store:
         assert store.ids == ["good0", "good1"]
         expected = to_unit(np.clip(chest_like(seed=1), -1000, 1000), (-1000, 1000))
@@ -115,10 +129,20 @@ def _manifest(path, rows):
 
 
 def test_gather_excludes_repeated_ids(tmp_path):
-    a = _manifest(tmp_path / "a.tsv", [["x", "subset0", "train", "p", "ok", "", "1x1x1", "1x1x1"],
-                                       ["y", "subset0", "train", "p", "excluded", "bad", "", ""]])
-    b = _manifest(tmp_path / "b.tsv", [["x", "subset5", "val", "q", "ok", "", "1x1x1", "1x1x1"],
-                                       ["y", "subset5", "val", "q", "ok", "", "1x1x1", "1x1x1"]])
+    a = _manifest(
+        tmp_path / "a.tsv",
+        [
+            ["x", "subset0", "train", "p", "ok", "", "1x1x1", "1x1x1"],
+            ["y", "subset0", "train", "p", "excluded", "bad", "", ""],
+        ],
+    )
+    b = _manifest(
+        tmp_path / "b.tsv",
+        [
+            ["x", "subset5", "val", "q", "ok", "", "1x1x1", "1x1x1"],
+            ["y", "subset5", "val", "q", "ok", "", "1x1x1", "1x1x1"],
+        ],
+    )
     manifest = gather_manifests([a, b], tmp_path / "scans.tsv")
     assert manifest.status.tolist() == ["ok", "excluded", "excluded", "ok"]
     assert manifest.reason[2] == "duplicate id, already in subset subset0"

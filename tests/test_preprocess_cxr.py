@@ -1,18 +1,22 @@
 """2D preprocessing: ChestX-ray14 index, patient-level splits, HDF5 storage, bad images, a real DICOM."""
+
 import shutil
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
-from semantic_genesis.preprocess_cxr import (
-    CXR14_COLUMNS, CXRSettings, PreprocessedCXR, assign_splits, preprocess_chestxray14, read_chestxray14_index,
-)
-from semantic_genesis.preprocess_ct import NoUsableDataError
-from semantic_genesis.readers import InputError
-
 from conftest import DATA, write_png
+from semantic_genesis.preprocess_ct import NoUsableDataError
+from semantic_genesis.preprocess_cxr import (
+    CXR14_COLUMNS,
+    CXRSettings,
+    PreprocessedCXR,
+    assign_splits,
+    preprocess_chestxray14,
+    read_chestxray14_index,
+)
+from semantic_genesis.readers import InputError
 
 
 def make_cxr14(root, patients=10, per_patient=2, size=64, test_patients=(1, 2)):
@@ -23,8 +27,9 @@ def make_cxr14(root, patients=10, per_patient=2, size=64, test_patients=(1, 2)):
             name = f"{p:08d}_{f:03d}.png"
             value = (10 * len(rows)) % 250
             write_png(root / "images" / name, np.full((size, size), value, np.uint8))
-            rows.append([name, "No Finding" if p % 3 else "Nodule|Effusion", f, p, 40, "F", "PA", size, size,
-                         0.143, 0.143, ""])
+            rows.append(
+                [name, "No Finding" if p % 3 else "Nodule|Effusion", f, p, 40, "F", "PA", size, size, 0.143, 0.143, ""]
+            )
             (test if p in test_patients else train_val).append(name)
     pd.DataFrame(rows, columns=CXR14_COLUMNS).to_csv(root / "Data_Entry_2017.csv", index=False)
     (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
@@ -71,8 +76,9 @@ def test_strict_mode_stops_and_leaves_nothing(tmp_path):
     rows = make_cxr14(tmp_path / "cxr", patients=2)
     (tmp_path / "cxr" / "images" / rows[0][0]).write_bytes(b"broken")
     with pytest.raises(InputError, match="strict"):
-        preprocess_chestxray14(tmp_path / "cxr", CXRSettings(size=16), tmp_path / "o.h5", tmp_path / "o.tsv",
-                               strict=True)
+        preprocess_chestxray14(
+            tmp_path / "cxr", CXRSettings(size=16), tmp_path / "o.h5", tmp_path / "o.tsv", strict=True
+        )
     assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.tsv").exists()
 
 
@@ -89,12 +95,14 @@ def test_real_monochrome1_dicom_comes_out_with_dark_lungs(tmp_path):
     root = tmp_path / "cxr"
     (root / "images").mkdir(parents=True)
     shutil.copy(DATA / "RG1_UNCR.dcm", root / "images" / "RG1_UNCR.dcm")
-    pd.DataFrame([["RG1_UNCR.dcm", "No Finding", 0, 1, 50, "M", "PA", 1841, 1955, 0.2, 0.2, ""]],
-                 columns=CXR14_COLUMNS).to_csv(root / "Data_Entry_2017.csv", index=False)
+    pd.DataFrame(
+        [["RG1_UNCR.dcm", "No Finding", 0, 1, 50, "M", "PA", 1841, 1955, 0.2, 0.2, ""]], columns=CXR14_COLUMNS
+    ).to_csv(root / "Data_Entry_2017.csv", index=False)
     (root / "train_val_list.txt").write_text("RG1_UNCR.dcm\n")
     (root / "test_list.txt").write_text("")
-    manifest = preprocess_chestxray14(root, CXRSettings(size=128, val_fraction=0.0), tmp_path / "o.h5",
-                                      tmp_path / "o.tsv")
+    manifest = preprocess_chestxray14(
+        root, CXRSettings(size=128, val_fraction=0.0), tmp_path / "o.h5", tmp_path / "o.tsv"
+    )
     assert manifest.loc[0, ["status", "width", "height"]].tolist() == ["ok", 1841, 1955]
     with PreprocessedCXR(tmp_path / "o.h5") as store:
         image = store.image(0)

@@ -1,11 +1,10 @@
 """Every kind of bad input becomes an InputError naming the file and the problem; good files read correctly."""
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from semantic_genesis.readers import InputError, read_radiograph, read_volume, scan_id
-
 from conftest import chest_like, write_png, write_volume
+from semantic_genesis.readers import InputError, read_radiograph, read_volume, scan_id
 
 
 def test_reads_metaimage_volume(tmp_path):
@@ -121,7 +120,7 @@ def test_monochrome1_radiograph_has_dark_lungs(real_cr):
     assert 0.0 <= image.min() and image.max() <= 1.0
     h, w = image.shape
     rows = slice(int(0.3 * h), int(0.6 * h))
-    right_lung = image[rows, int(0.2 * w):int(0.35 * w)].mean()
-    left_lung = image[rows, int(0.65 * w):int(0.8 * w)].mean()
-    mediastinum = image[rows, int(0.47 * w):int(0.53 * w)].mean()
+    right_lung = image[rows, int(0.2 * w) : int(0.35 * w)].mean()
+    left_lung = image[rows, int(0.65 * w) : int(0.8 * w)].mean()
+    mediastinum = image[rows, int(0.47 * w) : int(0.53 * w)].mean()
     assert right_lung < mediastinum - 0.1 and left_lung < mediastinum - 0.1

@@ -1,4 +1,5 @@
 """Rule montage_ct: axial, coronal, sagittal and projection views of a few synthetic CT patients."""
+
 from semantic_genesis.logs import rule_logging
 from semantic_genesis.montage import ct_montage
 

@@ -1,4 +1,5 @@
 """Rule montage_cxr: a grid of synthetic radiographs with their labels."""
+
 from semantic_genesis.logs import rule_logging
 from semantic_genesis.montage import cxr_montage
 

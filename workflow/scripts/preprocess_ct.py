@@ -1,4 +1,5 @@
 """Rule preprocess_ct: preprocess the scans of one subset into HDF5 plus a manifest."""
+
 from semantic_genesis.logs import rule_logging
 from semantic_genesis.preprocess_ct import CTSettings, preprocess_subset
 

@@ -1,4 +1,5 @@
 """Rule preprocess_cxr: radiographs to one chunked HDF5 file plus a manifest."""
+
 from pathlib import Path
 
 from semantic_genesis.logs import rule_logging

@@ -1,7 +1,10 @@
 """Rule synthetic_ct: write the synthetic LUNA16-format CT set."""
+
+from pathlib import Path
+
 from semantic_genesis.logs import rule_logging
 from semantic_genesis.synthetic import SyntheticCTSettings, write_luna16
 
 with rule_logging(snakemake.log[0]):
     settings = SyntheticCTSettings.from_config(snakemake.params.seed, snakemake.params.settings)
-    write_luna16(snakemake.params.root, settings, workers=snakemake.threads)
+    write_luna16(Path(snakemake.output.annotations).parent, settings, workers=snakemake.threads)

@@ -1,4 +1,5 @@
 """Write artifacts atomically: a later stage never sees a half-written file or folder."""
+
 from __future__ import annotations
 
 import contextlib

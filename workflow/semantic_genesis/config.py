@@ -1,4 +1,5 @@
 """Load and validate the workflow configuration against config/schema.yaml, filling defaults."""
+
 from __future__ import annotations
 
 import copy
@@ -54,6 +55,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 def _check_consistency(config: dict) -> None:
     """Checks a JSON schema cannot express: ordered ranges and disjoint splits."""
+
     def ordered(path: str, pair: list) -> None:
         if pair[0] > pair[1]:
             raise ConfigError(f"config key '{path}': lower bound {pair[0]} exceeds upper bound {pair[1]}")

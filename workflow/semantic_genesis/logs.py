@@ -1,4 +1,5 @@
 """Per-rule logging: every job writes its own log file, and the same lines reach the terminal."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Montages that let a person see the data: CT planes and projections, radiograph grids."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
 from .readers import read_radiograph, read_volume, scan_id  # noqa: E402
@@ -20,7 +22,14 @@ CT_DISPLAY = dict(cmap="gray", vmin=-1000, vmax=400)
 
 def lung_centre(hu: np.ndarray) -> tuple[int, int, int]:
     """Index (z, y, x) of the planes that cut through most lung-density voxels; used to pick informative views."""
-    lung = (hu >= LUNG_HU[0]) & (hu <= LUNG_HU[1])
+    # Lungs are the lung-density holes inside the body outline of each slice; this leaves out the outside air (whose
+    # noise reaches the lung range) and the foam of the patient table.
+    body = hu > -500
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    inside = ndimage.binary_fill_holes(body, structure=in_plane) & ~body
+    smooth = ndimage.uniform_filter(hu.astype(np.float32), size=3)
+    lung = inside & (smooth >= LUNG_HU[0]) & (smooth <= LUNG_HU[1])
     return tuple(int(np.argmax(lung.sum(axis=tuple(a for a in range(3) if a != axis)))) for axis in range(3))
 
 
@@ -48,8 +57,15 @@ def ct_montage(scans: list[str], phantoms_tsv: str | None, out_png: Path | str) 
             ax.set_title(name, fontsize=9)
             ax.axis("off")
         sid = scan_id(path)
-        row[0].text(-0.05, 0.5, f"{sid[:18]}...\n{'x'.join(map(str, image.GetSize()))}\n{findings.get(sid, '')}",
-                    transform=row[0].transAxes, ha="right", va="center", fontsize=8)
+        row[0].text(
+            -0.05,
+            0.5,
+            f"{sid[:18]}...\n{'x'.join(map(str, image.GetSize()))}\n{findings.get(sid, '')}",
+            transform=row[0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=8,
+        )
     fig.suptitle("Synthetic chest CT (LUNA16 format); window -1000..400 HU", fontsize=11)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:

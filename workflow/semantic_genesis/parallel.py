@@ -1,4 +1,5 @@
 """Process-parallel map that yields results in order while holding only a few in memory."""
+
 from __future__ import annotations
 
 from collections import deque

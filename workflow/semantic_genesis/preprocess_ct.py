@@ -1,4 +1,5 @@
 """3D preprocessing: canonical orientation, optional resampling, HU window, compact HDF5 storage and thumbnails."""
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,15 @@ def resample(image: sitk.Image, spacing_xyz: tuple[float, float, float], fill_hu
     old_spacing = np.array(image.GetSpacing())
     size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / np.array(spacing_xyz))).astype(int)
     return sitk.Resample(
-        image, [int(s) for s in size], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
-        [float(s) for s in spacing_xyz], image.GetDirection(), float(fill_hu), sitk.sitkFloat32,
+        image,
+        [int(s) for s in size],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        image.GetOrigin(),
+        [float(s) for s in spacing_xyz],
+        image.GetDirection(),
+        float(fill_hu),
+        sitk.sitkFloat32,
     )
 
 
@@ -136,8 +144,14 @@ def _process(path: str, settings: CTSettings) -> tuple[str, ProcessedScan | str,
 
 
 def preprocess_subset(
-    scans: list[str], subset: str, split: str, settings: CTSettings, out_h5: Path | str, out_tsv: Path | str,
-    strict: bool = False, workers: int = 1,
+    scans: list[str],
+    subset: str,
+    split: str,
+    settings: CTSettings,
+    out_h5: Path | str,
+    out_tsv: Path | str,
+    strict: bool = False,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Preprocess the scans of one subset into one HDF5 file and a manifest; bad scans are recorded, not fatal."""
     rows = []
@@ -146,10 +160,20 @@ def preprocess_subset(
     compression = None if settings.compression == "none" else settings.compression
     log.info("subset %s (%s): %d scans, settings %s", subset, split, len(scans), asdict(settings))
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs.update(subset=subset, split=split, settings=json.dumps(asdict(settings)), version=__version__,
-                        layout="scans/<id>: int16 HU, index [z, y, x]; thumbnails/<id>: float16 [0, 1]")
+        h5.attrs.update(
+            subset=subset,
+            split=split,
+            settings=json.dumps(asdict(settings)),
+            version=__version__,
+            layout="scans/<id>: int16 HU, index [z, y, x]; thumbnails/<id>: float16 [0, 1]",
+        )
         work = partial(_process, settings=settings)
-        progress = tqdm(ordered_map(work, [str(s) for s in scans], workers), total=len(scans), desc=f"preprocess {subset}", unit="scan")
+        progress = tqdm(
+            ordered_map(work, [str(s) for s in scans], workers),
+            total=len(scans),
+            desc=f"preprocess {subset}",
+            unit="scan",
+        )
         for path, result, seconds in progress:
             sid = scan_id(path)
             row = dict(id=sid, subset=subset, split=split, path=path, status="ok", reason="", shape="", spacing="")
@@ -163,17 +187,27 @@ def preprocess_subset(
             else:
                 seen.add(sid)
                 hu = result.hu
-                data = h5.create_dataset(f"scans/{sid}", data=hu, chunks=tuple(min(c, s) for c, s in zip(chunk_zyx, hu.shape)),
-                                         compression=compression)
-                data.attrs.update(spacing_xyz=result.spacing_xyz, origin_xyz=result.origin_xyz,
-                                  direction=result.direction, source=path)
+                data = h5.create_dataset(
+                    f"scans/{sid}",
+                    data=hu,
+                    chunks=tuple(min(c, s) for c, s in zip(chunk_zyx, hu.shape)),
+                    compression=compression,
+                )
+                data.attrs.update(
+                    spacing_xyz=result.spacing_xyz,
+                    origin_xyz=result.origin_xyz,
+                    direction=result.direction,
+                    source=path,
+                )
                 h5.create_dataset(f"thumbnails/{sid}", data=result.thumbnail)
                 row.update(shape=_fmt(hu.shape[::-1]), spacing=_fmt(result.spacing_xyz, 3))
                 log.info("%s: %s voxels at %s mm in %.2f s", sid, row["shape"], row["spacing"], seconds)
             rows.append(row)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     write_tsv(manifest, out_tsv)
-    log.info("subset %s: %d usable, %d excluded", subset, (manifest.status == "ok").sum(), (manifest.status != "ok").sum())
+    log.info(
+        "subset %s: %d usable, %d excluded", subset, (manifest.status == "ok").sum(), (manifest.status != "ok").sum()
+    )
     return manifest
 
 
@@ -188,7 +222,9 @@ def gather_manifests(tsvs: list[str], out_tsv: Path | str) -> pd.DataFrame:
     repeated = usable.index[usable.id.duplicated(keep="first")]
     first_subset = usable.drop_duplicates("id").set_index("id").subset
     manifest.loc[repeated, "status"] = "excluded"
-    manifest.loc[repeated, "reason"] = [f"duplicate id, already in subset {first_subset[i]}" for i in manifest.id[repeated]]
+    manifest.loc[repeated, "reason"] = [
+        f"duplicate id, already in subset {first_subset[i]}" for i in manifest.id[repeated]
+    ]
     usable = manifest[manifest.status == "ok"]
     if usable.empty:
         reasons = manifest.groupby("reason").size().sort_values(ascending=False).head(5)
@@ -208,8 +244,9 @@ class PreprocessedCT:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._h5 = h5py.File(self.path, "r")
-        self.settings = CTSettings(**{k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in json.loads(self._h5.attrs["settings"]).items()})
+        self.settings = CTSettings(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(self._h5.attrs["settings"]).items()}
+        )
 
     def __enter__(self) -> PreprocessedCT:
         return self

@@ -1,9 +1,9 @@
 """2D preprocessing: ChestX-ray14-style radiographs to grayscale [0, 1] at one size, in one chunked HDF5 file."""
+
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -23,8 +23,20 @@ from .readers import InputError, read_radiograph
 log = logging.getLogger(__name__)
 
 # ChestX-ray14's header splits two column names at their inner comma and ends with a comma: keep it byte-compatible.
-CXR14_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
-                 "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]", ""]
+CXR14_COLUMNS = [
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+    "OriginalImage[Width",
+    "Height]",
+    "OriginalImagePixelSpacing[x",
+    "y]",
+    "",
+]
 MANIFEST_COLUMNS = ["id", "patient", "split", "labels", "path", "status", "reason", "index", "width", "height"]
 
 
@@ -59,13 +71,12 @@ def preprocess_radiograph(path: Path | str, size: int) -> tuple[np.ndarray, tupl
     return to_uint8(resize(image, size)), (image.shape[1], image.shape[0])
 
 
-def _process(path: str, size: int) -> tuple[np.ndarray | str, tuple[int, int], float]:
-    start = time.perf_counter()
+def _process(path: str, size: int) -> tuple[np.ndarray | str, tuple[int, int]]:
+    """Worker: the stored image and original (width, height), or the reason the image is unusable."""
     try:
-        image, shape = preprocess_radiograph(path, size)
+        return preprocess_radiograph(path, size)
     except InputError as error:
-        return error.problem, (0, 0), time.perf_counter() - start
-    return image, shape, time.perf_counter() - start
+        return error.problem, (0, 0)
 
 
 def read_chestxray14_index(root: Path | str) -> pd.DataFrame:
@@ -78,12 +89,23 @@ def read_chestxray14_index(root: Path | str) -> pd.DataFrame:
     lists = {name: set((root / f"{name}_list.txt").read_text().split()) for name in ("train_val", "test")}
     both = lists["train_val"] & lists["test"]
     if both:
-        raise ValueError(f"{root}: {len(both)} images are in both train_val_list.txt and test_list.txt, e.g. {sorted(both)[0]}")
-    official = np.where(entries["Image Index"].isin(lists["test"]), "test",
-                        np.where(entries["Image Index"].isin(lists["train_val"]), "train_val", ""))
-    return pd.DataFrame({"id": entries["Image Index"], "patient": entries["Patient ID"].astype(int),
-                         "labels": entries["Finding Labels"], "official": official,
-                         "path": [str(root / "images" / name) for name in entries["Image Index"]]})
+        raise ValueError(
+            f"{root}: {len(both)} images are in both train_val_list.txt and test_list.txt, e.g. {sorted(both)[0]}"
+        )
+    official = np.where(
+        entries["Image Index"].isin(lists["test"]),
+        "test",
+        np.where(entries["Image Index"].isin(lists["train_val"]), "train_val", ""),
+    )
+    return pd.DataFrame(
+        {
+            "id": entries["Image Index"],
+            "patient": entries["Patient ID"].astype(int),
+            "labels": entries["Finding Labels"],
+            "official": official,
+            "path": [str(root / "images" / name) for name in entries["Image Index"]],
+        }
+    )
 
 
 def assign_splits(index: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
@@ -95,8 +117,14 @@ def assign_splits(index: pd.DataFrame, val_fraction: float, seed: int) -> pd.Ser
     return pd.Series(np.where(index.official == "", "", split), index=index.index)
 
 
-def preprocess_chestxray14(root: Path | str, settings: CXRSettings, out_h5: Path | str, out_tsv: Path | str,
-                           strict: bool = False, workers: int = 1) -> pd.DataFrame:
+def preprocess_chestxray14(
+    root: Path | str,
+    settings: CXRSettings,
+    out_h5: Path | str,
+    out_tsv: Path | str,
+    strict: bool = False,
+    workers: int = 1,
+) -> pd.DataFrame:
     """Preprocess every listed radiograph into images.h5 (uint8, N x size x size) and a manifest."""
     index = read_chestxray14_index(root)
     index["split"] = assign_splits(index, settings.val_fraction, settings.seed)
@@ -107,15 +135,20 @@ def preprocess_chestxray14(root: Path | str, settings: CXRSettings, out_h5: Path
     size = settings.size
     log.info("%d radiographs listed, %d unlisted; settings %s", len(todo), unlisted.sum(), asdict(settings))
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs.update(settings=json.dumps(asdict(settings)), version=__version__,
-                        layout="images: uint8 (N, size, size), value / 255 in [0, 1]; ids: file names")
-        images = h5.create_dataset("images", shape=(len(todo), size, size), maxshape=(None, size, size),
-                                   dtype=np.uint8, chunks=(1, size, size))
+        h5.attrs.update(
+            settings=json.dumps(asdict(settings)),
+            version=__version__,
+            layout="images: uint8 (N, size, size), value / 255 in [0, 1]; ids: file names",
+        )
+        images = h5.create_dataset(
+            "images", shape=(len(todo), size, size), maxshape=(None, size, size), dtype=np.uint8, chunks=(1, size, size)
+        )
         ids = []
         work = partial(_process, size=size)
         results = ordered_map(work, manifest.path[todo].tolist(), workers)
-        for row, (result, (width, height), seconds) in tqdm(zip(todo, results), total=len(todo), desc="preprocess CXR",
-                                                            unit="image"):
+        for row, (result, (width, height)) in tqdm(
+            zip(todo, results), total=len(todo), desc="preprocess CXR", unit="image"
+        ):
             if isinstance(result, str):
                 manifest.loc[row, ["status", "reason"]] = ["excluded", result]
                 log.warning("excluded %s: %s", manifest.path[row], result)
@@ -131,8 +164,12 @@ def preprocess_chestxray14(root: Path | str, settings: CXRSettings, out_h5: Path
         h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
     manifest = manifest[MANIFEST_COLUMNS]
     write_tsv(manifest, out_tsv)
-    log.info("%d usable radiographs %s, %d excluded", len(ids), manifest[manifest.status == "ok"].groupby("split").size().to_dict(),
-             (manifest.status != "ok").sum())
+    log.info(
+        "%d usable radiographs %s, %d excluded",
+        len(ids),
+        manifest[manifest.status == "ok"].groupby("split").size().to_dict(),
+        (manifest.status != "ok").sum(),
+    )
     return manifest
 
 

@@ -1,4 +1,5 @@
 """Read CT volumes and radiographs with SimpleITK, turning every kind of bad file into a clear InputError."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,18 @@ VOLUME_SUFFIXES = (".mhd", ".mha", ".nrrd", ".nhdr", ".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".dcm", ".jpg", ".jpeg")
 
 _MET_BYTES = {
-    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
-    "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 8,
+    "MET_ULONG": 8,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
 }
 
 
@@ -93,7 +104,9 @@ def read_volume(path: Path | str) -> sitk.Image:
     image = _read(path)
     size = image.GetSize()
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar CT volume is expected")
+        raise InputError(
+            path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar CT volume is expected"
+        )
     if image.GetDimension() == 2 or (image.GetDimension() == 3 and min(size) == 1):
         raise InputError(path, f"is a 2D image of size {'x'.join(map(str, size))}; a 3D volume is expected")
     if image.GetDimension() != 3:
@@ -112,7 +125,9 @@ def read_radiograph(path: Path | str) -> np.ndarray:
     image = _read(path)
     if image.GetDimension() == 3:
         if image.GetSize()[2] != 1:
-            raise InputError(path, f"is a 3D volume of size {'x'.join(map(str, image.GetSize()))}; a 2D radiograph is expected")
+            raise InputError(
+                path, f"is a 3D volume of size {'x'.join(map(str, image.GetSize()))}; a 2D radiograph is expected"
+            )
         image = image[:, :, 0]
     array = sitk.GetArrayFromImage(image)
     eight_bit = array.dtype == np.uint8

@@ -1,4 +1,5 @@
 """Write the synthetic chest data set in the real datasets' on-disk formats (LUNA16 and ChestX-ray14)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,10 +17,19 @@ from tqdm import tqdm
 
 from .artifacts import atomic_path
 from .parallel import ordered_map
-from .phantom import LABELS, PatientParams, PhantomSettings, draw_patient, render_ct, render_radiograph
+from .phantom import (
+    LABELS,
+    PatientParams,
+    PhantomSettings,
+    draw_patient,
+    radiograph_field_mm,
+    render_ct,
+    render_radiograph,
+)
 from .preprocess_cxr import CXR14_COLUMNS
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class SyntheticCTSettings:
@@ -36,14 +46,25 @@ class SyntheticCTSettings:
         """Build from `synthetic.seed` and the `synthetic.ct` config section."""
         findings = cfg["findings"]
         phantom = PhantomSettings(
-            matrix=cfg["matrix"], fov_mm=tuple(cfg["fov_mm"]), slice_mm=tuple(cfg["slice_mm"]),
-            thick_slice_fraction=cfg["thick_slice_fraction"], nodules=tuple(cfg["nodules"]),
-            nodule_diameter_mm=tuple(cfg["nodule_diameter_mm"]), noise_hu=tuple(cfg["noise_hu"]),
-            p_cardiomegaly=findings["cardiomegaly"], p_effusion=findings["effusion"],
-            p_pneumothorax=findings["pneumothorax"], p_emphysema=findings["emphysema"],
+            matrix=cfg["matrix"],
+            fov_mm=tuple(cfg["fov_mm"]),
+            slice_mm=tuple(cfg["slice_mm"]),
+            thick_slice_fraction=cfg["thick_slice_fraction"],
+            nodules=tuple(cfg["nodules"]),
+            nodule_diameter_mm=tuple(cfg["nodule_diameter_mm"]),
+            noise_hu=tuple(cfg["noise_hu"]),
+            p_cardiomegaly=findings["cardiomegaly"],
+            p_effusion=findings["effusion"],
+            p_pneumothorax=findings["pneumothorax"],
+            p_emphysema=findings["emphysema"],
         )
-        return cls(seed=seed, patients=cfg["patients"], subsets=cfg["subsets"],
-                   false_positives_per_scan=cfg["false_positives_per_scan"], phantom=phantom)
+        return cls(
+            seed=seed,
+            patients=cfg["patients"],
+            subsets=cfg["subsets"],
+            false_positives_per_scan=cfg["false_positives_per_scan"],
+            phantom=phantom,
+        )
 
 
 @dataclass(frozen=True)
@@ -60,8 +81,14 @@ class SyntheticCXRSettings:
     @classmethod
     def from_config(cls, seed: int, cfg: dict, phantom: PhantomSettings) -> SyntheticCXRSettings:
         """Build from `synthetic.seed`, the `synthetic.cxr` section and the CT phantom settings (same anatomy model)."""
-        return cls(seed=seed, patients=cfg["patients"], follow_ups=tuple(cfg["follow_ups"]), size=cfg["size"],
-                   test_fraction=cfg["test_fraction"], phantom=phantom)
+        return cls(
+            seed=seed,
+            patients=cfg["patients"],
+            follow_ups=tuple(cfg["follow_ups"]),
+            size=cfg["size"],
+            test_fraction=cfg["test_fraction"],
+            phantom=phantom,
+        )
 
 
 def series_uid(seed: int, index: int) -> str:
@@ -90,7 +117,7 @@ def world_of_voxel(p: PatientParams, index_zyx: np.ndarray) -> np.ndarray:
 
 
 def _false_positives(p: PatientParams, labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Candidate positions that are not nodules: mostly vessel voxels (the usual CAD false positives), some parenchyma."""
+    """Non-nodule candidates: mostly vessel voxels (the usual CAD false positives), some parenchyma."""
     picks = []
     for label, share in ((LABELS["vessel"], 0.7), (LABELS["lung_right"], 0.15), (LABELS["lung_left"], 0.15)):
         voxels = np.flatnonzero(labels == label)
@@ -118,30 +145,58 @@ def _write_ct_patient(index: int, settings: SyntheticCTSettings, root: Path) -> 
     _write_image(hu, p, root / subset / f"{uid}.mhd", compress=False)
     _write_image(labels, p, root / "phantom-labels" / f"{uid}.mhd", compress=True)
     fp = _false_positives(p, labels, settings.false_positives_per_scan, _patient_rng(settings.seed, 2, index))
-    annotations = [dict(seriesuid=uid, coordX=n.center_mm[0], coordY=n.center_mm[1], coordZ=n.center_mm[2],
-                        diameter_mm=n.diameter_mm) for n in p.nodules]
-    candidates = [dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, **{"class": 1}) for x, y, z in
-                  (n.center_mm for n in p.nodules)]
+    annotations = [
+        dict(
+            seriesuid=uid,
+            coordX=n.center_mm[0],
+            coordY=n.center_mm[1],
+            coordZ=n.center_mm[2],
+            diameter_mm=n.diameter_mm,
+        )
+        for n in p.nodules
+    ]
+    candidates = [
+        dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, **{"class": 1})
+        for x, y, z in (n.center_mm for n in p.nodules)
+    ]
     candidates += [dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, **{"class": 0}) for x, y, z in fp]
-    phantom = dict(seriesuid=uid, subset=subset, slices=hu.shape[0], rows=hu.shape[1], cols=hu.shape[2],
-                   spacing_x=p.spacing_xyz[0], spacing_y=p.spacing_xyz[1], spacing_z=p.spacing_xyz[2],
-                   nodules=len(p.nodules), findings="|".join(p.findings) or "No Finding",
-                   lung_fraction=float(np.isin(labels, [LABELS["lung_right"], LABELS["lung_left"]]).mean()),
-                   liver_fraction=float((labels == LABELS["liver"]).mean()), padding_hu=p.padding_hu)
+    phantom = dict(
+        seriesuid=uid,
+        subset=subset,
+        slices=hu.shape[0],
+        rows=hu.shape[1],
+        cols=hu.shape[2],
+        spacing_x=p.spacing_xyz[0],
+        spacing_y=p.spacing_xyz[1],
+        spacing_z=p.spacing_xyz[2],
+        nodules=len(p.nodules),
+        findings="|".join(p.findings) or "No Finding",
+        lung_fraction=float(np.isin(labels, [LABELS["lung_right"], LABELS["lung_left"]]).mean()),
+        liver_fraction=float((labels == LABELS["liver"]).mean()),
+        padding_hu=p.padding_hu,
+    )
     return dict(annotations=annotations, candidates=candidates, phantom=phantom)
 
 
 def write_luna16(root: Path | str, settings: SyntheticCTSettings, workers: int = 1) -> None:
-    """Write patients as <root>/subsetN/<uid>.mhd/.raw with annotations.csv, candidates_V2.csv, label maps and phantoms.tsv."""
+    """Write <root>/subsetN/<uid>.mhd/.raw, annotations.csv, candidates_V2.csv, label maps and phantoms.tsv."""
     root = Path(root)
     for k in range(settings.subsets):
         (root / f"subset{k}").mkdir(parents=True, exist_ok=True)
     (root / "phantom-labels").mkdir(parents=True, exist_ok=True)
     work = partial(_write_ct_patient, settings=settings, root=root)
-    results = list(tqdm(ordered_map(work, range(settings.patients), workers), total=settings.patients,
-                        desc="synthetic CT", unit="patient"))
-    tables = {key: [row for r in results for row in (r[key] if isinstance(r[key], list) else [r[key]])]
-              for key in ("annotations", "candidates", "phantom")}
+    results = list(
+        tqdm(
+            ordered_map(work, range(settings.patients), workers),
+            total=settings.patients,
+            desc="synthetic CT",
+            unit="patient",
+        )
+    )
+    tables = {
+        key: [row for r in results for row in (r[key] if isinstance(r[key], list) else [r[key]])]
+        for key in ("annotations", "candidates", "phantom")
+    }
     # CSVs last and atomically: their presence means every scan they name is complete.
     for name, key, columns in (
         ("phantoms.tsv", "phantom", None),
@@ -151,8 +206,13 @@ def write_luna16(root: Path | str, settings: SyntheticCTSettings, workers: int =
         frame = pd.DataFrame(tables[key], columns=columns)
         with atomic_path(root / name) as tmp:
             frame.to_csv(tmp, sep="\t" if name.endswith(".tsv") else ",", index=False)
-    log.info("wrote %d CT patients, %d nodules, %d candidates under %s", settings.patients,
-             len(tables["annotations"]), len(tables["candidates"]), root)
+    log.info(
+        "wrote %d CT patients, %d nodules, %d candidates under %s",
+        settings.patients,
+        len(tables["annotations"]),
+        len(tables["candidates"]),
+        root,
+    )
 
 
 def synthetic_cxr_images(settings: SyntheticCXRSettings) -> list[tuple[int, int]]:
@@ -174,7 +234,7 @@ def _write_cxr_patient(item: tuple[int, int], settings: SyntheticCXRSettings, im
     rng = _patient_rng(settings.seed, 4, patient)
     p = draw_patient(rng, settings.phantom)
     age, sex = int(rng.integers(18, 90)), str(rng.choice(["M", "F"]))
-    spacing = round(float(2 * p.body_half_width_mm + 80) / settings.size, 3) if hasattr(p, "body_half_width_mm") else 0.143
+    spacing = round(radiograph_field_mm(p) / settings.size, 3)
     rows = []
     for f in range(follow_ups):
         # A follow-up is the same anatomy imaged again: new noise, same findings.
@@ -182,10 +242,22 @@ def _write_cxr_patient(item: tuple[int, int], settings: SyntheticCXRSettings, im
         image, _ = render_radiograph(visit, settings.size)
         name = cxr_image_name(patient, f)
         Image.fromarray(np.rint(image * 255).astype(np.uint8), mode="L").save(images / name)
-        rows.append({"Image Index": name, "Finding Labels": "|".join(p.findings) or "No Finding", "Follow-up #": f,
-                     "Patient ID": patient, "Patient Age": age + f, "Patient Gender": sex, "View Position": "PA",
-                     "OriginalImage[Width": settings.size, "Height]": settings.size,
-                     "OriginalImagePixelSpacing[x": spacing, "y]": spacing, "": ""})
+        rows.append(
+            {
+                "Image Index": name,
+                "Finding Labels": "|".join(p.findings) or "No Finding",
+                "Follow-up #": f,
+                "Patient ID": patient,
+                "Patient Age": age + f,
+                "Patient Gender": sex,
+                "View Position": "PA",
+                "OriginalImage[Width": settings.size,
+                "Height]": settings.size,
+                "OriginalImagePixelSpacing[x": spacing,
+                "y]": spacing,
+                "": "",
+            }
+        )
     return rows
 
 
@@ -196,20 +268,30 @@ def write_chestxray14(root: Path | str, settings: SyntheticCXRSettings, workers:
     images.mkdir(parents=True, exist_ok=True)
     per_patient = pd.Series([p for p, _ in synthetic_cxr_images(settings)]).value_counts().sort_index()
     work = partial(_write_cxr_patient, settings=settings, images=images)
-    rows = [row for batch in tqdm(ordered_map(work, list(per_patient.items()), workers), total=len(per_patient),
-                                  desc="synthetic CXR", unit="patient") for row in batch]
+    rows = [
+        row
+        for batch in tqdm(
+            ordered_map(work, list(per_patient.items()), workers),
+            total=len(per_patient),
+            desc="synthetic CXR",
+            unit="patient",
+        )
+        for row in batch
+    ]
     entries = pd.DataFrame(rows, columns=CXR14_COLUMNS)
     rng = np.random.default_rng([settings.seed, 5])
     patients = per_patient.index.to_numpy()
     n_test = max(1, int(round(settings.test_fraction * len(patients))))
     test_patients = set(rng.choice(patients, size=n_test, replace=False).tolist())
     is_test = entries["Patient ID"].isin(test_patients)
-    for name, names in (("train_val_list.txt", entries["Image Index"][~is_test]),
-                        ("test_list.txt", entries["Image Index"][is_test])):
+    for name, names in (
+        ("train_val_list.txt", entries["Image Index"][~is_test]),
+        ("test_list.txt", entries["Image Index"][is_test]),
+    ):
         with atomic_path(root / name) as tmp:
             tmp.write_text("".join(f"{n}\n" for n in sorted(names)))
     with atomic_path(root / "Data_Entry_2017.csv") as tmp:
         entries.to_csv(tmp, index=False)
-    log.info("wrote %d radiographs of %d patients (%d test patients) under %s", len(entries), len(patients),
-             n_test, root)
-
+    log.info(
+        "wrote %d radiographs of %d patients (%d test patients) under %s", len(entries), len(patients), n_test, root
+    )
