@@ -9,15 +9,18 @@ process, as a multiple of the scan's own size.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from semantic_genesis.phantom import PhantomSettings, draw_patient, render_ct
 from semantic_genesis.preprocess_ct import CTSettings, preprocess_scan, preprocess_subset
 
@@ -34,34 +37,50 @@ def make_scan(folder: Path, matrix: int) -> Path:
     return path
 
 
-def _run(task: str, path: str, settings: CTSettings, out: str, queue: mp.Queue) -> None:
-    """In a fresh process: time one task and report its peak RSS above the post-import baseline."""
-    import torch
-
+def run_task(task: str, path: str, settings: CTSettings, out: str) -> dict:
+    """Time one task in this (fresh) process and measure its peak RSS above the post-import baseline."""
     torch.set_num_threads(1)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS mark, so imports do not count
+    baseline = _rss_kib("VmRSS")
     start = time.perf_counter()
     if task == "read":
-        sitk.GetArrayViewFromImage(sitk.ReadImage(path)).sum(dtype=np.int64)  # touch every voxel once
+        image = sitk.ReadImage(path)  # keep a reference: the array view below does not own its memory
+        sitk.GetArrayViewFromImage(image).sum(dtype=np.int64)  # touch every voxel once
     elif task == "preprocess":
         preprocess_scan(path, settings)
     else:
         preprocess_subset([path], "bench", "train", settings, Path(out) / "bench.h5", Path(out) / "bench.tsv")
     seconds = time.perf_counter() - start
-    queue.put((seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) * 1024))
+    return {"seconds": seconds, "peak": (_rss_kib("VmHWM") - baseline) * 1024}
+
+
+def _rss_kib(field: str) -> int:
+    """A memory field of /proc/self/status in KiB (VmRSS: now, VmHWM: peak since the last reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def measure(task: str, path: Path, settings: CTSettings, out: Path, repeats: int) -> tuple[float, float]:
-    """Median seconds and max peak bytes over `repeats` fresh processes."""
-    ctx = mp.get_context("spawn")
+    """Median seconds and max peak bytes over `repeats` fresh processes (so one run's memory cannot hide another's)."""
     results = []
     for _ in range(repeats):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_run, args=(task, str(path), settings, str(out), queue))
-        proc.start()
-        results.append(queue.get())
-        proc.join()
-    return statistics.median(r[0] for r in results), max(r[1] for r in results)
+        child = [
+            sys.executable,
+            __file__,
+            "--task",
+            task,
+            "--scan",
+            str(path),
+            "--out",
+            str(out),
+            "--settings",
+            json.dumps(asdict(settings)),
+        ]
+        done = subprocess.run(child, capture_output=True, text=True, check=True)
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return statistics.median(r["seconds"] for r in results), max(r["peak"] for r in results)
 
 
 def main() -> None:
@@ -69,7 +88,17 @@ def main() -> None:
     parser.add_argument("--matrix", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compression", choices=["none", "lzf", "gzip"], default="lzf")
+    parser.add_argument("--task", help=argparse.SUPPRESS)
+    parser.add_argument("--scan", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.task:  # child process of measure()
+        settings = CTSettings(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.settings).items()}
+        )
+        print(json.dumps(run_task(args.task, args.scan, settings, args.out)))
+        return
     settings = CTSettings(thumbnail_size=(128, 128, 64), compression=args.compression)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

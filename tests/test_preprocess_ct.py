@@ -169,3 +169,13 @@ def test_real_chest_ct_is_preprocessed(real_ct, tmp_path):
         original = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct)))
         # stored RAS -> LPS: x and y flipped, values otherwise identical inside the window
         np.testing.assert_array_equal(hu, np.clip(original, -1000, 1000)[:, ::-1, ::-1])
+
+
+def test_slab_thumbnail_equals_whole_volume_pooling():
+    """The memory-saving slab-wise pooling gives the same thumbnail as pooling the whole volume at once."""
+    import torch
+    import torch.nn.functional as F
+
+    hu = np.random.default_rng(0).integers(-1000, 1000, (75, 97, 130)).astype(np.int16)
+    whole = F.adaptive_avg_pool3d(torch.from_numpy(to_unit(hu, (-1000, 1000)))[None, None], (13, 17, 19))[0, 0]
+    np.testing.assert_allclose(thumbnail(hu, (-1000, 1000), (19, 17, 13), slab=7), whole.numpy(), atol=5e-4)

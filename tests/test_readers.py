@@ -27,9 +27,9 @@ def test_truncated_raw_is_named(tmp_path):
     path = write_volume(tmp_path / "a.mhd", chest_like())
     raw = tmp_path / "a.raw"
     raw.write_bytes(raw.read_bytes()[:1000])
-    with pytest.raises(InputError, match=r"a\.raw: truncated: 1000 bytes, expected 184320") as error:
+    with pytest.raises(InputError, match=r"a\.mhd: data file a\.raw is truncated: 1000 bytes, expected 184320") as e:
         read_volume(path)
-    assert error.value.path.endswith("a.raw")
+    assert e.value.path.endswith("a.mhd")
 
 
 def test_missing_raw_is_named(tmp_path):

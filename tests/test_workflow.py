@@ -113,3 +113,93 @@ def test_lint_is_clean():
     result = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_real_data_folders_with_bad_files(tmp_path):
+    """User data in LUNA16/ChestX-ray14 layout: good files are processed, bad ones excluded and named in the logs."""
+    import shutil
+
+    import numpy as np
+    from conftest import DATA, chest_like, write_png, write_volume
+
+    ct = tmp_path / "ct"
+    for subset in ("subset0", "subset1"):
+        (ct / subset).mkdir(parents=True)
+    shutil.copy(DATA / "CTChest4.nrrd", ct / "subset0" / "CTChest4.nrrd")
+    write_volume(ct / "subset0" / "trunc.mhd", chest_like((30, 48, 48)))
+    (ct / "subset0" / "trunc.raw").write_bytes(b"\0" * 64)
+    write_volume(ct / "subset1" / "thin.nii.gz", chest_like((8, 48, 48)))
+    cxr = tmp_path / "cxr"
+    write_png(cxr / "images" / "00000001_000.png", np.full((80, 80), 90, np.uint8))
+    shutil.copy(DATA / "RG1_UNCR.dcm", cxr / "images" / "00000002_000.dcm")
+    (cxr / "images" / "00000003_000.png").write_bytes(b"\x89PNG broken")
+    rows = [f"0000000{i}_000.{'dcm' if i == 2 else 'png'},No Finding,0,{i},50,M,PA,80,80,0.2,0.2," for i in (1, 2, 3)]
+    (cxr / "Data_Entry_2017.csv").write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n" + "\n".join(rows) + "\n"
+    )
+    (cxr / "train_val_list.txt").write_text("00000001_000.png\n00000002_000.dcm\n00000003_000.png\n")
+    (cxr / "test_list.txt").write_text("")
+    config = {
+        "data": {"ct_root": str(ct), "cxr_root": str(cxr)},
+        "preprocess": {
+            "ct": {
+                "splits": {"train": ["subset0"], "val": ["subset1", "subset5"], "test": []},
+                "min_slices": 20,
+                "thumbnail_size": [16, 16, 8],
+                "chunk": [32, 32, 16],
+            },
+            "cxr": {"size": 32, "val_fraction": 0.0},
+        },
+    }
+    result = snakemake(
+        tmp_path,
+        "--configfile",
+        write_config(tmp_path / "c.yaml", config),
+        "--cores",
+        "2",
+        "preprocess_3d",
+        "preprocess_2d",
+    )
+    assert "configured CT subset 'subset5' has no data" in result.stderr
+    scans = pd.read_csv(tmp_path / "results/ct/scans.tsv", sep="\t", keep_default_na=False).set_index("id")
+    assert scans.status.to_dict() == {"CTChest4": "ok", "trunc": "excluded", "thin": "excluded"}
+    assert scans.loc["CTChest4", "shape"] == "128x128x34"
+    assert "truncated" in scans.loc["trunc", "reason"] and "8 slices" in scans.loc["thin", "reason"]
+    log = (tmp_path / "results/logs/preprocess_ct/subset0.log").read_text()
+    assert "excluded" in log and "trunc.raw" in log
+    images = pd.read_csv(tmp_path / "results/cxr/images.tsv", sep="\t", keep_default_na=False)
+    assert images.status.tolist() == ["ok", "ok", "excluded"]
+    assert not (tmp_path / "results/synthetic").exists(), "no synthetic data when real data is configured"
+
+
+def test_strict_mode_fails_the_run_without_artifacts(tmp_path):
+    from conftest import chest_like, write_volume
+
+    ct = tmp_path / "ct"
+    write_volume(ct / "subset0" / "good.nrrd", chest_like((30, 48, 48)))
+    write_volume(ct / "subset0" / "thin.nrrd", chest_like((8, 48, 48)))
+    config = {
+        "data": {"ct_root": str(ct)},
+        "preprocess": {
+            "strict": True,
+            "ct": {
+                "splits": {"train": ["subset0"], "val": [], "test": []},
+                "min_slices": 20,
+                "thumbnail_size": [8, 8, 8],
+                "chunk": [16, 16, 8],
+            },
+        },
+    }
+    result = snakemake(
+        tmp_path,
+        "--configfile",
+        write_config(tmp_path / "c.yaml", config),
+        "--cores",
+        "1",
+        "preprocess_3d",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "thin.nrrd: has 8 slices, fewer than min_slices = 20 (preprocess.strict is true)" in result.stderr
+    assert not list((tmp_path / "results/ct").rglob("*.h5")) and not (tmp_path / "results/ct/scans.tsv").exists()

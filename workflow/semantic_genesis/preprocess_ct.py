@@ -73,7 +73,8 @@ def to_unit(hu: np.ndarray, window: tuple[int, int]) -> np.ndarray:
 
 def reorient(image: sitk.Image, orientation: str) -> sitk.Image:
     """Permute/flip axes so that the image directions follow `orientation` (ITK's DICOMOrient convention)."""
-    return sitk.DICOMOrient(image, orientation)
+    current = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    return image if current == orientation else sitk.DICOMOrient(image, orientation)
 
 
 def resample(image: sitk.Image, spacing_xyz: tuple[float, float, float], fill_hu: float) -> sitk.Image:
@@ -94,18 +95,25 @@ def resample(image: sitk.Image, spacing_xyz: tuple[float, float, float], fill_hu
 
 
 def window_hu(array: np.ndarray, window: tuple[int, int]) -> np.ndarray:
-    """Clip to the HU window and store as int16 (lossless for integer HU; float HU are rounded)."""
+    """Clip to the HU window into a new int16 array in one pass (lossless for integer HU; float HU are rounded)."""
     lo, hi = window
     if np.issubdtype(array.dtype, np.floating):
         array = np.rint(array)
-    return np.clip(array, lo, hi).astype(np.int16, copy=False)
+    return np.clip(array, lo, hi, out=np.empty(array.shape, np.int16), casting="unsafe")
 
 
-def thumbnail(hu: np.ndarray, window: tuple[int, int], size_xyz: tuple[int, int, int]) -> np.ndarray:
-    """Whole scan resized to size_xyz by area averaging (anti-aliased), [0, 1] float16, index [z, y, x]."""
-    volume = torch.from_numpy(to_unit(hu, window))[None, None]
-    pooled = F.adaptive_avg_pool3d(volume, tuple(reversed(size_xyz)))
-    return pooled[0, 0].numpy().astype(np.float16)
+def thumbnail(hu: np.ndarray, window: tuple[int, int], size_xyz: tuple[int, int, int], slab: int = 16) -> np.ndarray:
+    """Whole scan resized to size_xyz by area averaging (anti-aliased), [0, 1] float16, index [z, y, x].
+
+    Area averaging is separable, so slabs of slices are pooled in-plane first and the small result along z: the
+    float copy never exceeds one slab, where pooling the whole volume at once would need twice the scan in float32.
+    """
+    nx, ny, nz = size_xyz
+    in_plane = torch.cat(
+        [F.adaptive_avg_pool2d(torch.from_numpy(hu[z : z + slab]).float(), (ny, nx)) for z in range(0, len(hu), slab)]
+    )
+    pooled = F.adaptive_avg_pool3d(in_plane[None, None], (nz, ny, nx))[0, 0].numpy()
+    return to_unit(pooled, window).astype(np.float16)
 
 
 def preprocess_scan(path: Path | str, settings: CTSettings) -> ProcessedScan:

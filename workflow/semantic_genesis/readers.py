@@ -74,7 +74,11 @@ def check_metaimage_data(path: Path) -> None:
     actual = raw.stat().st_size
     if actual != expected:
         what = "truncated" if actual < expected else "larger than its header says"
-        raise InputError(raw, f"{what}: {actual} bytes, expected {expected} for DimSize {dims} {header['ElementType']}")
+        raise InputError(
+            path,
+            f"data file {raw.name} is {what}: {actual} bytes, expected {expected} "
+            f"for DimSize {dims} {header['ElementType']}",
+        )
 
 
 def _read(path: Path) -> sitk.Image:
