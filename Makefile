@@ -23,6 +23,8 @@ test: setup
 
 lint: setup
 	$(BIN)/snakemake --lint
+	$(BIN)/ruff check workflow tests benchmarks
+	$(BIN)/ruff format --check workflow tests benchmarks
 
 clean:
 	rm -rf results .snakemake

@@ -1,5 +1,6 @@
 # Paths, input functions and wildcard constraints shared by the rules.
 import glob
+import hashlib
 
 from semantic_genesis.readers import VOLUME_SUFFIXES
 from semantic_genesis.synthetic import synthetic_ct_scans
@@ -7,6 +8,17 @@ from semantic_genesis.synthetic import synthetic_ct_scans
 ENV = "../envs/semantic_genesis.yaml"
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
+
+
+
+def source_hash(*modules):
+    """Digest of the package modules a job runs; as a param, editing them reruns the job (the code trigger of
+    Snakemake sees only the script file)."""
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(Path(PACKAGE_DIR, "semantic_genesis", f"{name}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
 
 SYNTHETIC_CT = config["data"]["ct_root"] is None
 SYNTHETIC_CXR = config["data"]["cxr_root"] is None

@@ -11,6 +11,7 @@ rule preprocess_ct:
         settings={k: v for k, v in config["preprocess"]["ct"].items() if k != "splits"},
         split=lambda wildcards: SPLIT_OF_SUBSET[wildcards.subset],
         strict=config["preprocess"]["strict"],
+        code=source_hash("readers", "preprocess_ct"),
     log:
         f"{LOGS}/preprocess_ct/{{subset}}.log",
     benchmark:
@@ -28,6 +29,8 @@ rule preprocess_ct:
 rule ct_manifest:
     input:
         expand("results/ct/preprocessed/{subset}.tsv", subset=CT_SUBSETS),
+    params:
+        code=source_hash("preprocess_ct"),
     output:
         report("results/ct/scans.tsv", category="Data", caption="../report/scans.rst"),
     log:
@@ -53,6 +56,7 @@ rule preprocess_cxr:
     params:
         settings=config["preprocess"]["cxr"],
         strict=config["preprocess"]["strict"],
+        code=source_hash("readers", "preprocess_cxr"),
     log:
         f"{LOGS}/preprocess_cxr.log",
     benchmark:

@@ -12,6 +12,7 @@ rule synthetic_ct:
     params:
         seed=config["synthetic"]["seed"],
         settings=config["synthetic"]["ct"],
+        code=source_hash("phantom", "synthetic"),
     log:
         f"{LOGS}/synthetic_ct.log",
     benchmark:
@@ -36,6 +37,7 @@ rule synthetic_cxr:
         seed=config["synthetic"]["seed"],
         settings=config["synthetic"]["cxr"],
         phantom=config["synthetic"]["ct"],
+        code=source_hash("phantom", "synthetic"),
     log:
         f"{LOGS}/synthetic_cxr.log",
     benchmark:
@@ -58,6 +60,7 @@ rule montage_ct:
         report("results/synthetic/montage_ct.png", category="Data", caption="../report/montage_ct.rst"),
     params:
         patients=4,
+        code=source_hash("montage", "readers"),
     log:
         f"{LOGS}/montage_ct.log",
     benchmark:
@@ -79,6 +82,7 @@ rule montage_cxr:
         report("results/synthetic/montage_cxr.png", category="Data", caption="../report/montage_cxr.rst"),
     params:
         images=12,
+        code=source_hash("montage", "readers"),
     log:
         f"{LOGS}/montage_cxr.log",
     benchmark:
