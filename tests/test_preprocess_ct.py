@@ -8,7 +8,6 @@ import SimpleITK as sitk
 from conftest import chest_like, write_png, write_volume
 from semantic_genesis.preprocess_ct import (
     CTSettings,
-    NoUsableDataError,
     PreprocessedCT,
     gather_manifests,
     preprocess_scan,
@@ -16,7 +15,7 @@ from semantic_genesis.preprocess_ct import (
     thumbnail,
     to_unit,
 )
-from semantic_genesis.readers import InputError
+from semantic_genesis.readers import InputError, NoUsableDataError
 
 SMALL = CTSettings(min_slices=16, thumbnail_size=(16, 16, 8), chunk=(16, 16, 8))
 

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import DATA, write_png
-from semantic_genesis.preprocess_ct import NoUsableDataError
 from semantic_genesis.preprocess_cxr import (
     CXR14_COLUMNS,
     CXRSettings,
@@ -16,7 +15,7 @@ from semantic_genesis.preprocess_cxr import (
     preprocess_chestxray14,
     read_chestxray14_index,
 )
-from semantic_genesis.readers import InputError
+from semantic_genesis.readers import InputError, NoUsableDataError
 
 
 def make_cxr14(root, patients=10, per_patient=2, size=64, test_patients=(1, 2)):

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import __version__
 from .artifacts import atomic_path, read_tsv, write_tsv
 from .parallel import ordered_map
-from .readers import InputError, read_volume, scan_id
+from .readers import InputError, NoUsableDataError, read_volume, scan_id
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,6 @@ def preprocess_scan(path: Path | str, settings: CTSettings) -> ProcessedScan:
     slices = image.GetSize()[2]
     if slices < settings.min_slices:
         raise InputError(path, f"has {slices} slices, fewer than min_slices = {settings.min_slices}")
-    if min(image.GetSize()[:2]) < min(settings.chunk[:2]):
-        raise InputError(path, f"in-plane size {image.GetSize()[0]}x{image.GetSize()[1]} is below the crop size")
     hu = window_hu(sitk.GetArrayViewFromImage(image), settings.hu_window)
     return ProcessedScan(
         hu=hu,
@@ -217,10 +215,6 @@ def preprocess_subset(
         "subset %s: %d usable, %d excluded", subset, (manifest.status == "ok").sum(), (manifest.status != "ok").sum()
     )
     return manifest
-
-
-class NoUsableDataError(RuntimeError):
-    """Every input was excluded: nothing downstream could run."""
 
 
 def gather_manifests(tsvs: list[str], out_tsv: Path | str) -> pd.DataFrame:

@@ -17,8 +17,7 @@ from tqdm import tqdm
 from . import __version__
 from .artifacts import atomic_path, write_tsv
 from .parallel import ordered_map
-from .preprocess_ct import NoUsableDataError
-from .readers import InputError, read_radiograph
+from .readers import InputError, NoUsableDataError, read_radiograph
 
 log = logging.getLogger(__name__)
 

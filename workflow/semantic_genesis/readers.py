@@ -35,6 +35,10 @@ class InputError(Exception):
         self.problem = problem
 
 
+class NoUsableDataError(RuntimeError):
+    """Every input was excluded: nothing downstream could run."""
+
+
 def scan_id(path: Path | str) -> str:
     """The scan's id: its file name without the (possibly double) extension, e.g. the LUNA16 seriesuid."""
     name = Path(path).name

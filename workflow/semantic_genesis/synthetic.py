@@ -156,10 +156,10 @@ def _write_ct_patient(index: int, settings: SyntheticCTSettings, root: Path) -> 
         for n in p.nodules
     ]
     candidates = [
-        dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, **{"class": 1})
-        for x, y, z in (n.center_mm for n in p.nodules)
+        dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, **{"class": label})
+        for label, points in ((1, [n.center_mm for n in p.nodules]), (0, fp))
+        for x, y, z in points
     ]
-    candidates += [dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z, **{"class": 0}) for x, y, z in fp]
     phantom = dict(
         seriesuid=uid,
         subset=subset,
@@ -175,7 +175,7 @@ def _write_ct_patient(index: int, settings: SyntheticCTSettings, root: Path) -> 
         liver_fraction=float((labels == LABELS["liver"]).mean()),
         padding_hu=p.padding_hu,
     )
-    return dict(annotations=annotations, candidates=candidates, phantom=phantom)
+    return dict(annotations=annotations, candidates=candidates, phantom=[phantom])
 
 
 def write_luna16(root: Path | str, settings: SyntheticCTSettings, workers: int = 1) -> None:
@@ -193,10 +193,18 @@ def write_luna16(root: Path | str, settings: SyntheticCTSettings, workers: int =
             unit="patient",
         )
     )
-    tables = {
-        key: [row for r in results for row in (r[key] if isinstance(r[key], list) else [r[key]])]
-        for key in ("annotations", "candidates", "phantom")
-    }
+    tables = {key: [row for r in results for row in r[key]] for key in ("annotations", "candidates", "phantom")}
+    for row in tables["phantom"]:
+        log.info(
+            "%s/%s: %dx%dx%d voxels, %d nodules, %s",
+            row["subset"],
+            row["seriesuid"],
+            row["cols"],
+            row["rows"],
+            row["slices"],
+            row["nodules"],
+            row["findings"],
+        )
     # CSVs last and atomically: their presence means every scan they name is complete.
     for name, key, columns in (
         ("phantoms.tsv", "phantom", None),
