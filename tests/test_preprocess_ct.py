@@ -17,7 +17,7 @@ from semantic_genesis.preprocess_ct import (
 )
 from semantic_genesis.readers import InputError, NoUsableDataError
 
-SMALL = CTSettings(min_slices=16, thumbnail_size=(16, 16, 8), chunk=(16, 16, 8))
+SMALL = CTSettings(min_slices=16, thumbnail_size=(16, 16, 8), chunk=(16, 16, 8), compression="lzf")
 
 
 def test_window_and_unit_scale(tmp_path):

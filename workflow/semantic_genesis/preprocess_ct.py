@@ -37,7 +37,7 @@ class CTSettings:
     orientation: str = "LPS"
     thumbnail_size: tuple[int, int, int] = (64, 64, 32)
     chunk: tuple[int, int, int] = (64, 64, 32)
-    compression: str = "lzf"
+    compression: str = "none"
 
     @classmethod
     def from_config(cls, cfg: dict) -> CTSettings:
