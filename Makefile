@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with Python 3.11:  make demo  (whole workflow on the embedded synthetic data)
 #                                                    make test  (the test suite)
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 CORES ?= all
 BIN := $(VENV)/bin
