@@ -10,6 +10,7 @@ from semantic_genesis.preprocess_ct import (
     CTSettings,
     PreprocessedCT,
     gather_manifests,
+    load_thumbnails,
     preprocess_scan,
     preprocess_subset,
     thumbnail,
@@ -178,3 +179,17 @@ def test_slab_thumbnail_equals_whole_volume_pooling():
     hu = np.random.default_rng(0).integers(-1000, 1000, (75, 97, 130)).astype(np.int16)
     whole = F.adaptive_avg_pool3d(torch.from_numpy(to_unit(hu, (-1000, 1000)))[None, None], (13, 17, 19))[0, 0]
     np.testing.assert_allclose(thumbnail(hu, (-1000, 1000), (19, 17, 13), slab=7), whole.numpy(), atol=5e-4)
+
+
+def test_load_thumbnails_keeps_manifest_order(tmp_path):
+    manifest, out_h5, _ = _subset(tmp_path)
+    other = [write_volume(tmp_path / "b" / f"b{i}.nrrd", chest_like(seed=10 + i)) for i in range(2)]
+    manifest_b = preprocess_subset(
+        [str(p) for p in other], "subset1", "val", SMALL, tmp_path / "b.h5", tmp_path / "b.tsv"
+    )
+    joined = pd.concat([manifest_b, manifest], ignore_index=True)
+    usable, thumbs = load_thumbnails(joined, {"subset0": out_h5, "subset1": tmp_path / "b.h5"})
+    assert usable.id.tolist() == ["b0", "b1", "good0", "good1"]
+    assert thumbs.shape == (4, 8, 16, 16) and thumbs.dtype == np.float32
+    with PreprocessedCT(out_h5) as store:
+        np.testing.assert_array_equal(thumbs[3], store.thumbnail("good1"))
