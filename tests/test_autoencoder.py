@@ -1,0 +1,168 @@
+"""Self-discovery autoencoder: shapes, training, resumption, early stopping, embedding and plots."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from semantic_genesis.autoencoder import (
+    Autoencoder,
+    AutoencoderSettings,
+    embed_images,
+    latent_scatter,
+    load_autoencoder,
+    train_autoencoder,
+)
+
+TINY_3D = AutoencoderSettings(dims=3, base_width=4, levels=3, batch_size=4, max_epochs=4, num_threads=2)
+TINY_2D = dataclasses.replace(TINY_3D, dims=2)
+SIZE = {2: (32, 32), 3: (16, 16, 16)}
+
+
+def shapes(n: int, dims: int, seed: int) -> np.ndarray:
+    """Float32 images in [0, 1] of one bright ball (disc) of random centre and radius on a dim background."""
+    rng = np.random.default_rng(seed)
+    size = SIZE[dims]
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in size], indexing="ij"))
+    centres = rng.uniform(0.3, 0.7, (n, dims)) * np.array(size)
+    radii = rng.uniform(0.15, 0.3, n) * min(size)
+    squared = ((grid[None] - centres.reshape(n, dims, *[1] * dims)) ** 2).sum(1)
+    inside = squared <= radii.reshape(n, *[1] * dims) ** 2
+    return np.where(inside, 0.8, 0.2).astype(np.float32)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("skips", [False, True])
+def test_shapes_and_range(dims: int, skips: bool) -> None:
+    settings = dataclasses.replace(TINY_3D, dims=dims, skips=skips)
+    model = Autoencoder(settings).eval()
+    x = torch.from_numpy(shapes(2, dims, seed=0))[:, None]
+    with torch.no_grad():
+        recon, bottleneck, latent = model(x), model.encode(x), model.embed(x)
+    assert recon.shape == x.shape
+    assert recon.min() >= 0 and recon.max() <= 1
+    assert bottleneck.shape == (2, 4 * 2**3, *[s // 8 for s in SIZE[dims]])
+    assert latent.shape == (2, model.latent_channels) == (2, 32)
+
+
+def test_rejects_indivisible_size() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        Autoencoder(TINY_3D)(torch.zeros(1, 1, 12, 16, 16))
+
+
+def test_parameter_count_grows_with_width() -> None:
+    counts = [
+        sum(p.numel() for p in Autoencoder(dataclasses.replace(TINY_3D, base_width=w)).parameters()) for w in (2, 4, 8)
+    ]
+    assert counts[0] < counts[1] < counts[2]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A short 2D run on simple shapes, with its output folder and data."""
+    out = tmp_path_factory.mktemp("ae2d")
+    train, val = shapes(24, 2, seed=1), shapes(8, 2, seed=2)
+    settings = dataclasses.replace(TINY_2D, max_epochs=8, lr=3e-3)
+    return train_autoencoder(train, val, settings, out), out, val
+
+
+def test_training_lowers_loss_and_writes_outputs(trained) -> None:
+    history, out, _ = trained
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "lr", "seconds"]
+    assert history.epoch.tolist() == list(range(1, 9))
+    assert history.val_loss.iloc[-1] < 0.8 * history.val_loss.iloc[0]
+    for name in ("checkpoint.pt", "model.pt", "history.csv", "loss.png", "reconstructions.png"):
+        assert (out / name).stat().st_size > 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), history, check_dtype=False)
+    assert not list(out.glob(".*partial*"))
+
+
+def test_load_autoencoder_gives_identical_outputs(trained) -> None:
+    history, out, val = trained
+    loaded = load_autoencoder(out / "model.pt")
+    assert not loaded.training and loaded.settings == dataclasses.replace(TINY_2D, max_epochs=8, lr=3e-3)
+    # model.pt holds the best epoch's weights, which the checkpoint keeps as best_weights.
+    assert torch.load(out / "model.pt", weights_only=True)["epoch"] == history.val_loss.idxmin() + 1
+    best = Autoencoder(loaded.settings)
+    best.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=True)["best_weights"])
+    x = torch.from_numpy(val)[:, None]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), best.eval()(x))
+
+
+def test_embed_images_shape_and_determinism(trained) -> None:
+    _, out, val = trained
+    model = load_autoencoder(out / "model.pt")
+    latents = embed_images(model, val, batch_size=3)
+    assert latents.shape == (len(val), 32) and latents.dtype == np.float32
+    np.testing.assert_array_equal(latents, embed_images(model, val, batch_size=3))
+    np.testing.assert_allclose(latents, embed_images(model, val, batch_size=8), rtol=1e-5, atol=1e-6)
+    expected = model.embed(torch.from_numpy(val[:1])[:, None]).detach().numpy()
+    np.testing.assert_allclose(latents[:1], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_equals_uninterrupted(tmp_path) -> None:
+    train, val = shapes(10, 3, seed=3), shapes(4, 3, seed=4)
+    straight = train_autoencoder(train, val, TINY_3D, tmp_path / "straight")
+    train_autoencoder(train, val, dataclasses.replace(TINY_3D, max_epochs=2), tmp_path / "resumed")
+    resumed = train_autoencoder(train, val, TINY_3D, tmp_path / "resumed")
+    loss_columns = ["epoch", "train_loss", "val_loss", "lr"]
+    pd.testing.assert_frame_equal(resumed[loss_columns], straight[loss_columns])
+    for name in ("model.pt", "checkpoint.pt"):
+        a = torch.load(tmp_path / "straight" / name, weights_only=True)
+        b = torch.load(tmp_path / "resumed" / name, weights_only=True)
+        weights = "state_dict" if name == "model.pt" else "model"
+        assert a[weights].keys() == b[weights].keys()
+        for key in a[weights]:
+            assert torch.equal(a[weights][key], b[weights][key]), key
+
+
+def test_resume_refuses_other_settings_or_data(tmp_path) -> None:
+    train, val = shapes(6, 2, seed=5), shapes(2, 2, seed=6)
+    one_epoch = dataclasses.replace(TINY_2D, max_epochs=1)
+    train_autoencoder(train, val, one_epoch, tmp_path)
+    with pytest.raises(ValueError, match="base_width"):
+        train_autoencoder(train, val, dataclasses.replace(one_epoch, base_width=2), tmp_path)
+    with pytest.raises(ValueError, match="other training"):
+        train_autoencoder(train[:4], val, one_epoch, tmp_path)
+
+
+def test_early_stopping_on_plateau(tmp_path) -> None:
+    train, val = shapes(6, 2, seed=7), shapes(2, 2, seed=8)
+    settings = dataclasses.replace(TINY_2D, lr=0.0, max_epochs=40, early_stopping_patience=3, plateau_patience=1)
+    history = train_autoencoder(train, val, settings, tmp_path)
+    assert len(history) < 40
+    # Resuming a run that stopped early trains no further, even with a larger budget.
+    again = train_autoencoder(train, val, dataclasses.replace(settings, max_epochs=80), tmp_path)
+    assert len(again) == len(history)
+
+
+def test_empty_validation_uses_training_loss(tmp_path, caplog) -> None:
+    train = shapes(6, 2, seed=9)
+    history = train_autoencoder(
+        train, np.zeros((0, 32, 32), np.float32), dataclasses.replace(TINY_2D, max_epochs=2), tmp_path
+    )
+    assert history.val_loss.isna().all() and (tmp_path / "model.pt").exists()
+    assert "validation set is empty" in caplog.text
+
+
+def test_latent_scatter_writes_png(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    latents = rng.normal(size=(20, 8)).astype(np.float32)
+    labels = {"split": ["train"] * 12 + ["val"] * 8, "lung_fraction": rng.uniform(0.1, 0.3, 20)}
+    latent_scatter(latents, labels, tmp_path / "latent.png")
+    assert (tmp_path / "latent.png").stat().st_size > 0
+
+
+def test_stale_checkpoint_is_replaced_when_asked(tmp_path, caplog) -> None:
+    """A workflow rerun after a config change restarts instead of failing on the old checkpoint."""
+    train, val = shapes(6, 2, seed=5), shapes(2, 2, seed=6)
+    one_epoch = dataclasses.replace(TINY_2D, max_epochs=1)
+    train_autoencoder(train, val, one_epoch, tmp_path)
+    wider = dataclasses.replace(one_epoch, base_width=2)
+    history = train_autoencoder(train, val, wider, tmp_path, restart_stale=True)
+    assert len(history) == 1 and "starting afresh" in caplog.text
+    assert load_autoencoder(tmp_path / "model.pt").settings.base_width == 2

@@ -1,0 +1,445 @@
+"""Self-discovery autoencoder: whole-scan (3D) or whole-radiograph (2D) reconstruction and its latent embedding."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from torch import nn  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from .artifacts import atomic_path  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "seconds"]
+# Settings that may change between a run and its resumption without changing the trajectory of the run.
+RESUMABLE_CHANGES = {"max_epochs", "num_threads"}
+
+
+@dataclass(frozen=True)
+class AutoencoderSettings:
+    """Architecture and training settings of the self-discovery autoencoder.
+
+    Widths: encoder level i (i = 0 .. levels-1) has two convs of base_width * 2**i channels followed by a max-pool 2;
+    the bottleneck has two convs of base_width * 2**levels channels and no pool. The paper's network is base_width=32,
+    levels=4: 32, 64, 128, 256, then a 512-channel bottleneck at 1/16 of the input size, so every spatial input size
+    must be divisible by 2**levels. The decoder mirrors the encoder: nearest upsampling 2 and two convs per level.
+    A plateau or early-stopping "improvement" is a relative decrease of more than min_improvement in the monitored loss.
+    """
+
+    dims: int = 3
+    base_width: int = 32
+    levels: int = 4
+    skips: bool = False
+    batch_size: int = 4
+    lr: float = 1e-3
+    max_epochs: int = 1000
+    plateau_factor: float = 0.5
+    plateau_patience: int = 20
+    early_stopping_patience: int = 50
+    min_improvement: float = 1e-4
+    seed: int = 0
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dims not in (2, 3):
+            raise ValueError(f"dims must be 2 or 3, not {self.dims}")
+        if self.levels < 1 or self.base_width < 1 or self.batch_size < 1:
+            raise ValueError("levels, base_width and batch_size must be positive")
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> AutoencoderSettings:
+        """Build from a mapping such as a config section, ignoring keys that are not settings."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _double_conv(dims: int, in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two (conv 3 + batch norm + ReLU) blocks."""
+    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+    return nn.Sequential(
+        conv(in_channels, out_channels, 3, padding=1, bias=False),
+        norm(out_channels),
+        nn.ReLU(inplace=True),
+        conv(out_channels, out_channels, 3, padding=1, bias=False),
+        norm(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Autoencoder(nn.Module):
+    """Convolutional autoencoder for 2D or 3D single-channel images in [0, 1], optionally with U-Net skips."""
+
+    def __init__(self, settings: AutoencoderSettings):
+        super().__init__()
+        self.settings = settings
+        dims, levels = settings.dims, settings.levels
+        widths = [settings.base_width * 2**i for i in range(levels + 1)]
+        self.down = nn.ModuleList(_double_conv(dims, ([1] + widths)[i], widths[i]) for i in range(levels))
+        self.bottleneck = _double_conv(dims, widths[levels - 1], widths[levels])
+        self.up = nn.ModuleList(
+            _double_conv(dims, widths[i + 1] + (widths[i] if settings.skips else 0), widths[i])
+            for i in reversed(range(levels))
+        )
+        self.head = (nn.Conv2d if dims == 2 else nn.Conv3d)(widths[0], 1, 1)
+        self.pool = F.max_pool2d if dims == 2 else F.max_pool3d
+
+    @property
+    def latent_channels(self) -> int:
+        """Length of the embedding returned by embed."""
+        return self.settings.base_width * 2**self.settings.levels
+
+    def _check(self, x: torch.Tensor) -> None:
+        """Reject inputs the pooling pyramid cannot reproduce exactly."""
+        factor = 2**self.settings.levels
+        if x.ndim != self.settings.dims + 2 or x.shape[1] != 1:
+            raise ValueError(f"expected (N, 1, {'D, ' if self.settings.dims == 3 else ''}H, W), got {tuple(x.shape)}")
+        if any(s % factor for s in x.shape[2:]):
+            raise ValueError(f"spatial size {tuple(x.shape[2:])} is not divisible by 2**levels = {factor}")
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Bottleneck feature map and the pre-pool feature map of every level."""
+        self._check(x)
+        features = []
+        for block in self.down:
+            x = block(x)
+            features.append(x)
+            x = self.pool(x, 2)
+        return self.bottleneck(x), features
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Bottleneck feature map (N, base_width * 2**levels, *input_size / 2**levels)."""
+        return self._encode(x)[0]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled bottleneck, (N, C): the latent used to find similar patients."""
+        return self.encode(x).flatten(2).mean(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of x, same shape, values in [0, 1]."""
+        x, features = self._encode(x)
+        for block, skip in zip(self.up, reversed(features)):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = block(torch.cat([x, skip], 1) if self.settings.skips else x)
+        return torch.sigmoid(self.head(x))
+
+
+def load_autoencoder(path: Path | str, map_location: str | torch.device = "cpu") -> Autoencoder:
+    """Load the best weights written by train_autoencoder as model.pt, in eval mode."""
+    saved = torch.load(path, map_location=map_location, weights_only=True)
+    model = Autoencoder(AutoencoderSettings(**saved["settings"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _reproducible(num_threads: int) -> Iterator[None]:
+    """Deterministic kernels and a fixed thread count for one training run; the global flags are restored after."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    # warn_only: on GPUs some kernels have no deterministic variant; CPU training is exactly reproducible regardless.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+    """Digest of the shapes and contents of the training data, so a checkpoint is never resumed on other data."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        digest.update(repr(array.shape).encode())
+        digest.update(np.ascontiguousarray(array, np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _as_tensor(images: np.ndarray, dims: int) -> torch.Tensor:
+    """(N, [D,] H, W) float images as an (N, 1, ...) float32 tensor, checking rank and range."""
+    if images.ndim != dims + 1:
+        raise ValueError(
+            f"expected {dims + 1}-d images (N, {'D, ' if dims == 3 else ''}H, W), got shape {images.shape}"
+        )
+    tensor = torch.as_tensor(np.asarray(images, np.float32))[:, None]
+    if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
+        raise ValueError("images must lie in [0, 1]")
+    return tensor
+
+
+def _batches(n: int, batch_size: int, order: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Index batches of at most batch_size; a lone last sample joins the previous batch."""
+    order = torch.arange(n) if order is None else order
+    batches = list(order.split(batch_size))
+    # Batch norm in training mode cannot normalise one value per channel (one sample at a 1-voxel bottleneck).
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+@torch.no_grad()
+def _mean_loss(model: Autoencoder, images: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Mean squared reconstruction error over all voxels of a set, in eval mode."""
+    model.eval()
+    total = sum(
+        F.mse_loss(model(images[b].to(device)), images[b].to(device), reduction="sum").item()
+        for b in _batches(len(images), batch_size)
+    )
+    return total / images.numel()
+
+
+def _improved(loss: float, best: float, min_improvement: float) -> bool:
+    """Whether loss beats best by the same relative threshold ReduceLROnPlateau uses."""
+    return loss < best * (1 - min_improvement)
+
+
+def train_autoencoder(
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    settings: AutoencoderSettings,
+    out_dir: Path | str,
+    log: logging.Logger | None = None,
+    device: str | torch.device = "cpu",
+    restart_stale: bool = False,
+) -> pd.DataFrame:
+    """Train on (N, [D,] H, W) images in [0, 1], resuming from out_dir/checkpoint.pt; return the epoch history.
+
+    Writes checkpoint.pt (every epoch), model.pt (best weights), history.csv, loss.png and reconstructions.png.
+    With the same seed, a run interrupted and resumed ends with the same weights and losses as an uninterrupted one.
+    A checkpoint of other settings or data is an error, or with restart_stale (a workflow rerun after a config
+    change) it is ignored and overwritten.
+    """
+    log = log or logging.getLogger(__name__)
+    out_dir, device = Path(out_dir), torch.device(device)
+    train, val = _as_tensor(train_images, settings.dims), _as_tensor(val_images, settings.dims)
+    if len(train) == 0:
+        raise ValueError("no training images")
+    if len(val) == 0:
+        log.warning("validation set is empty: the learning-rate schedule and early stopping follow the training loss")
+    fingerprint = _fingerprint(train_images, val_images)
+
+    with _reproducible(settings.num_threads):
+        torch.manual_seed(settings.seed)
+        model = Autoencoder(settings).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            factor=settings.plateau_factor,
+            patience=settings.plateau_patience,
+            threshold=settings.min_improvement,
+        )
+        shuffle = torch.Generator().manual_seed(settings.seed)
+        state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "stopped": False, "history": []}
+        best_weights = copy.deepcopy(model.state_dict())
+
+        checkpoint_path = out_dir / "checkpoint.pt"
+        # RNG states must stay on the CPU; load_state_dict moves weights and optimizer state to the device.
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True) if checkpoint_path.exists() else None
+        problem = _resume_problem(saved, settings, fingerprint) if saved is not None else None
+        if problem and not restart_stale:
+            raise ValueError(f"{checkpoint_path} {problem}; delete it to restart")
+        if problem:
+            log.warning("%s %s: starting afresh", checkpoint_path, problem)
+            saved = None
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            best_weights = saved["best_weights"]
+            state = saved["state"]
+            torch.set_rng_state(saved["torch_rng"])
+            shuffle.set_state(saved["shuffle_rng"])
+            log.info("resuming from %s after epoch %d", checkpoint_path, state["epoch"])
+
+        monitored = "val" if len(val) else "train"
+        progress = tqdm(
+            # A run that already stopped early stays stopped, even if resumed with a larger max_epochs.
+            range(state["epoch"], state["epoch"] if state["stopped"] else settings.max_epochs),
+            initial=state["epoch"],
+            total=settings.max_epochs,
+            desc="autoencoder",
+            unit="epoch",
+        )
+        for epoch in progress:
+            start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
+            model.train()
+            total = 0.0
+            for batch in _batches(len(train), settings.batch_size, torch.randperm(len(train), generator=shuffle)):
+                images = train[batch].to(device)
+                loss = F.mse_loss(model(images), images)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * images.numel()
+            train_loss = total / train.numel()
+            val_loss = _mean_loss(model, val, settings.batch_size, device) if len(val) else float("nan")
+            watched = val_loss if len(val) else train_loss
+            scheduler.step(watched)
+
+            if _improved(watched, state["best_loss"], settings.min_improvement):
+                state.update(best_loss=watched, best_epoch=epoch + 1)
+                best_weights = copy.deepcopy(model.state_dict())
+            state["stopped"] = epoch + 1 - state["best_epoch"] >= settings.early_stopping_patience
+            seconds = time.perf_counter() - start
+            state["epoch"] = epoch + 1
+            state["history"].append(dict(zip(HISTORY_COLUMNS, [epoch + 1, train_loss, val_loss, lr, seconds])))
+            progress.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}", lr=f"{lr:.2g}")
+            log.info(
+                "epoch %d/%d: train %.6f, val %.6f, lr %.3g, %.1f s%s",
+                epoch + 1,
+                settings.max_epochs,
+                train_loss,
+                val_loss,
+                lr,
+                seconds,
+                " (best)" if state["best_epoch"] == epoch + 1 else "",
+            )
+            with atomic_path(checkpoint_path) as tmp:
+                torch.save(
+                    {
+                        "settings": asdict(settings),
+                        "fingerprint": fingerprint,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "best_weights": best_weights,
+                        "state": state,
+                        "torch_rng": torch.get_rng_state(),
+                        "shuffle_rng": shuffle.get_state(),
+                    },
+                    tmp,
+                )
+            if state["stopped"]:
+                log.info(
+                    "early stopping: no %s-loss improvement for %d epochs", monitored, settings.early_stopping_patience
+                )
+                break
+        progress.close()
+
+    log.info("best %s loss %.6f at epoch %d", monitored, state["best_loss"], state["best_epoch"])
+    model.load_state_dict(best_weights)
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({"settings": asdict(settings), "state_dict": model.state_dict(), "epoch": state["best_epoch"]}, tmp)
+    history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
+    with atomic_path(out_dir / "history.csv") as tmp:
+        history.to_csv(tmp, index=False)
+    plot_history(history, out_dir / "loss.png")
+    examples = val if len(val) else train
+    plot_reconstructions(
+        model,
+        examples[torch.linspace(0, len(examples) - 1, min(4, len(examples))).round().long()],
+        out_dir / "reconstructions.png",
+    )
+    return history
+
+
+def _resume_problem(saved: dict, settings: AutoencoderSettings, fingerprint: str) -> str | None:
+    """Why a checkpoint must not be resumed (other settings or other data), or None: two runs are never mixed."""
+    changed = {k for k, v in asdict(settings).items() if saved["settings"].get(k) != v} - RESUMABLE_CHANGES
+    if changed:
+        return f"was written with other settings ({', '.join(sorted(changed))})"
+    if saved["fingerprint"] != fingerprint:
+        return "was written for other training or validation images"
+    return None
+
+
+@torch.no_grad()
+def embed_images(model: Autoencoder, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Latent vectors (N, C) float32 of (N, [D,] H, W) images, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    tensor = _as_tensor(images, model.settings.dims)
+    latents = [model.embed(batch.to(device)).cpu() for batch in tensor.split(batch_size)]
+    return (
+        torch.cat(latents).numpy().astype(np.float32) if latents else np.zeros((0, model.latent_channels), np.float32)
+    )
+
+
+def plot_history(history: pd.DataFrame, out_png: Path | str) -> None:
+    """Training and validation loss per epoch on a log scale."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.semilogy(history.epoch, history.train_loss, label="train")
+    if history.val_loss.notna().any():
+        ax.semilogy(history.epoch, history.val_loss, label="validation")
+    ax.set(xlabel="epoch", ylabel="MSE", title="autoencoder reconstruction loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_reconstructions(model: Autoencoder, images: torch.Tensor, out_png: Path | str) -> None:
+    """Inputs above their reconstructions; for 3D the mid axial and mid coronal slices of each."""
+    model.eval()
+    recon = model(images.to(next(model.parameters()).device)).cpu()
+    pairs = torch.stack([images, recon], 1)[:, :, 0].numpy()  # (N, 2, [D,] H, W)
+    if model.settings.dims == 2:
+        rows = [("input", pairs[:, 0]), ("reconstruction", pairs[:, 1])]
+    else:
+        depth, height = pairs.shape[2], pairs.shape[3]
+        axial, coronal = pairs[:, :, depth // 2], pairs[:, :, :, height // 2]
+        rows = [
+            ("input axial", axial[:, 0]),
+            ("reconstruction axial", axial[:, 1]),
+            ("input coronal", coronal[:, 0]),
+            ("reconstruction coronal", coronal[:, 1]),
+        ]
+    fig, axes = plt.subplots(len(rows), len(images), figsize=(2 * len(images), 2 * len(rows)), squeeze=False)
+    for (title, slices), row in zip(rows, axes):
+        row[0].set_ylabel(title)
+        for ax, image in zip(row, slices):
+            # Array index 0 along z is inferior, so coronal slices are drawn with the origin at the bottom.
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1, origin="lower" if "coronal" in title else "upper")
+            ax.set(xticks=[], yticks=[])
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def latent_scatter(latents: np.ndarray, labels: Mapping[str, Sequence], out_png: Path | str) -> None:
+    """First two principal components of the latents, one panel per colouring (categorical legend or colourbar)."""
+    components = min(2, *latents.shape)
+    pca = PCA(n_components=components).fit(latents)
+    xy = np.zeros((len(latents), 2))
+    xy[:, :components] = pca.transform(latents)
+    explained = np.zeros(2)
+    explained[:components] = 100 * pca.explained_variance_ratio_
+    panels = labels or {"": np.zeros(len(latents))}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for ax, (name, values) in zip(axes[0], panels.items()):
+        values = pd.Series(values)
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            points = ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap="viridis", s=12)
+            fig.colorbar(points, ax=ax, label=name)
+        else:
+            for category in pd.unique(values.astype(str)):
+                chosen = (values.astype(str) == category).to_numpy()
+                ax.scatter(xy[chosen, 0], xy[chosen, 1], s=12, label=category)
+            ax.legend(title=name, fontsize="small")
+        ax.set(xlabel=f"PC1 ({explained[0]:.0f}%)", ylabel=f"PC2 ({explained[1]:.0f}%)", title=name)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
