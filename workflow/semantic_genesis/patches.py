@@ -1,0 +1,205 @@
+"""Stream the self-discovery crops into one HDF5 file, one scan in memory at a time, and draw a montage of them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .artifacts import atomic_path  # noqa: E402
+from .discovery import DiscoverySettings, as_zyx, fit_inside  # noqa: E402
+from .preprocess_ct import CTSettings, to_unit  # noqa: E402
+from .preprocess_cxr import PreprocessedCXR  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Multi-resolution in the released code, for 64-wide crops: side s uniform in [50, 79], in-plane shift in [-10, 9].
+MULTI_SIDE = (50, 79)
+MULTI_SHIFT = (-10, 9)
+MULTI_REFERENCE = 64
+META_COLUMNS = ["class", "rank", "start_z", "start_y", "start_x", "size_y", "size_x", "resolution", "scale"]
+LAYOUT = (
+    "<split>/patches: float16 [0, 1], index [n, z, y, x] (2D: [n, y, x]); <split>/labels: class; "
+    "<split>/meta/<column>: scan id and where each patch was cut (start, in-plane size before resizing, "
+    "resolution 0 = plain crop, scale = size_x / crop x)"
+)
+
+
+class Scan(Protocol):
+    """What extract_patches reads from a scan: its shape and numpy-style slices in [0, 1]."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray: ...
+
+
+class _UnitScan:
+    """Lazy view of a stored int16 HU scan: slicing reads only the chunks touched and maps them to [0, 1]."""
+
+    def __init__(self, data: h5py.Dataset, window: tuple[int, int]):
+        self._data, self._window, self.shape = data, window, data.shape
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        return to_unit(self._data[index], self._window)
+
+
+def ct_scans(h5_paths: Sequence[Path | str]) -> Callable[[str], Scan]:
+    """An `open_scan` over the per-subset files of preprocess_ct (layout scans/<id>, settings attribute)."""
+    files = [h5py.File(p, "r") for p in h5_paths]
+    where = {sid: h5 for h5 in files if "scans" in h5 for sid in h5["scans"]}
+
+    def open_scan(sid: str) -> Scan:
+        h5 = where[sid]
+        window = tuple(json.loads(h5.attrs["settings"]).get("hu_window", CTSettings.hu_window))
+        return _UnitScan(h5["scans"][sid], window)
+
+    return open_scan
+
+
+def cxr_scans(h5_path: Path | str) -> Callable[[str], Scan]:
+    """An `open_scan` over images.h5 of preprocess_cxr: one radiograph (H, W) in [0, 1] per call."""
+    reader = PreprocessedCXR(h5_path)
+    position = {sid: i for i, sid in enumerate(reader.ids)}
+    return lambda sid: reader.image(position[sid])
+
+
+def scan_shapes(open_scan: Callable[[str], Scan], ids: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Array shape of every scan, for plan_classes (cheap for ct_scans' lazy views; reads each image for cxr_scans)."""
+    return {sid: tuple(open_scan(sid).shape) for sid in ids}
+
+
+def resize_in_plane(crop: np.ndarray, size_yx: tuple[int, int]) -> np.ndarray:
+    """Resize every slice of a (z, y, x) crop to size_yx, anti-aliased when shrinking (the slice count is kept)."""
+    slices = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[:, None]
+    return F.interpolate(slices, size=size_yx, mode="bilinear", align_corners=False, antialias=True)[:, 0].numpy()
+
+
+def multi_resolution_regions(
+    start_zyx: Sequence[int], shape_zyx: Sequence[int], crop_zyx: Sequence[int], rng: np.random.Generator
+) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+    """Two more (start, size) regions around a crop: side and shift drawn per axis pair, scaled to the crop size."""
+    regions = []
+    centre = np.array(start_zyx[1:]) + np.array(crop_zyx[1:]) / 2
+    scale = np.array(crop_zyx[1:]) / MULTI_REFERENCE
+    for _ in range(2):
+        side = rng.integers(MULTI_SIDE[0], MULTI_SIDE[1] + 1)
+        shift = rng.integers(MULTI_SHIFT[0], MULTI_SHIFT[1] + 1, size=2)
+        size_yx = np.minimum(np.maximum(1, np.rint(side * scale)).astype(int), shape_zyx[1:])
+        origin = np.rint(centre + shift * scale - size_yx / 2).astype(int)
+        size = (crop_zyx[0], *(int(v) for v in size_yx))
+        regions.append((fit_inside((start_zyx[0], *origin), shape_zyx, size), size))
+    return regions
+
+
+def _create(h5: h5py.File, split: str, count: int, patch_shape: tuple[int, ...]) -> h5py.Group:
+    """Patch dataset of one split, preallocated so patches land at their plan position whatever the reading order."""
+    group = h5.create_group(split)
+    group.create_dataset("patches", (count, *patch_shape), np.float16, chunks=(1, *patch_shape), track_times=False)
+    return group
+
+
+def _write_meta(group: h5py.Group, meta: dict[str, np.ndarray], ids: np.ndarray) -> None:
+    """Labels and per-column metadata of one split."""
+    group.create_dataset("labels", data=meta["class"].astype(np.int64), track_times=False)
+    columns = group.create_group("meta")
+    columns.create_dataset("id", data=ids.astype(object), dtype=h5py.string_dtype(), track_times=False)
+    for name, values in meta.items():
+        columns.create_dataset(name, data=values, track_times=False)
+
+
+def extract_patches(
+    plan: pd.DataFrame,
+    open_scan: Callable[[str], Scan],
+    out_h5: Path | str,
+    settings: DiscoverySettings,
+    multi_resolution: bool,
+    seed: int,
+    config_attrs: dict,
+) -> None:
+    """Cut every planned crop (plus two multi-resolution crops per training row if asked) into `out_h5`.
+
+    Scans are visited one at a time in sorted id order and only their crops are read, so memory does not grow with
+    the data set; each patch goes to the row given by its plan position (times 3 with multi-resolution), so the file
+    does not depend on that order. Counts: train = classes x k x (3 if multi_resolution else 1), val = classes x
+    val_neighbours. The random sides and shifts come from `seed` alone: same plan and seed, same file content.
+    """
+    crop_zyx = settings.crop_zyx
+    patch_shape = crop_zyx if len(settings.crop_size_xyz) == 3 else crop_zyx[1:]
+    plan = plan.rename(columns={"class": "label"}).reset_index(drop=True)
+    plan["row"] = plan.groupby("split").cumcount()
+    per_row = {"train": 3 if multi_resolution else 1, "val": 1}
+    counts = {s: int((plan.split == s).sum()) * per_row[s] for s in per_row}
+    meta = {
+        s: {c: np.zeros(n, np.float32 if c == "scale" else np.int32) for c in META_COLUMNS} for s, n in counts.items()
+    }
+    ids = {s: np.empty(n, object) for s, n in counts.items()}
+    rng = np.random.default_rng(seed)
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update(
+            config=json.dumps(config_attrs, sort_keys=True, default=str),
+            settings=json.dumps(settings.as_dict(), sort_keys=True),
+            multi_resolution=multi_resolution,
+            seed=seed,
+            version=__version__,
+            layout=LAYOUT,
+        )
+        groups = {s: _create(h5, s, n, patch_shape) for s, n in counts.items()}
+        for sid, rows in tqdm(plan.groupby("neighbour", sort=True), desc="patches", unit="scan"):
+            scan = open_scan(sid)
+            shape = as_zyx(scan.shape)
+            for row in rows.itertuples(index=False):
+                start = (row.start_z, row.start_y, row.start_x)
+                regions = [(start, crop_zyx)]
+                if row.split == "train" and multi_resolution:
+                    regions += multi_resolution_regions(start, shape, crop_zyx, rng)
+                for resolution, (begin, size) in enumerate(regions):
+                    index = tuple(slice(b, b + s) for b, s in zip(begin, size))
+                    crop = np.asarray(scan[index[-len(scan.shape) :]], np.float32).reshape(size)
+                    if size != crop_zyx:
+                        crop = resize_in_plane(crop, crop_zyx[1:])
+                    n = row.row * per_row[row.split] + resolution
+                    groups[row.split]["patches"][n] = crop.reshape(patch_shape)
+                    ids[row.split][n] = sid
+                    values = (row.label, row.rank, *begin, *size[1:], resolution, size[2] / crop_zyx[2])
+                    for column, value in zip(META_COLUMNS, values):
+                        meta[row.split][column][n] = value
+        for split, group in groups.items():
+            _write_meta(group, meta[split], ids[split])
+    log.info("wrote %s: %s patches", out_h5, counts)
+
+
+def patch_montage(h5_path: Path | str, out_png: Path | str, classes: int = 8, neighbours: int = 8) -> None:
+    """One row per class, one column per neighbour (mid slice of each plain training crop), as in Figure 2."""
+    with h5py.File(h5_path, "r") as h5:
+        group = h5["train"]
+        labels = group["labels"][()]
+        plain = group["meta/resolution"][()] == 0
+        shown = np.unique(labels)[:classes]
+        fig, axes = plt.subplots(len(shown), neighbours, figsize=(1.3 * neighbours, 1.3 * len(shown)), squeeze=False)
+        for row, label in zip(axes, shown):
+            rows = np.flatnonzero(plain & (labels == label))[:neighbours]
+            for ax in row:
+                ax.axis("off")
+            for ax, n in zip(row, rows):
+                patch = group["patches"][n].astype(np.float32)
+                ax.imshow(patch[len(patch) // 2] if patch.ndim == 3 else patch, cmap="gray", vmin=0, vmax=1)
+            row[0].set_title(f"class {label}", fontsize=7, loc="left")
+    fig.suptitle("Self-discovered classes: one row per coordinate, one column per neighbour", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
