@@ -1,5 +1,5 @@
 # Semantic Genesis: self-discovery, self-classification and self-restoration pretraining for 3D CT and 2D X-ray.
-# Targets: preprocess_3d, preprocess_2d (later stages add pretrain_3d, pretrain_2d, tables, all).
+# Targets: all, preprocess_3d, preprocess_2d, discovery_3d (later stages add pretrain_3d, pretrain_2d, tables).
 import os
 import sys
 from pathlib import Path
@@ -23,6 +23,7 @@ validate_config(config)
 include: "rules/common.smk"
 include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"
+include: "rules/discovery.smk"
 
 
 rule preprocess_3d:
@@ -39,8 +40,16 @@ rule preprocess_2d:
         synthetic_montages("cxr"),
 
 
+rule discovery_3d:
+    input:
+        rules.patches_ct.output,
+        rules.embed_ct.output.plot,
+        rules.autoencoder_ct.output,
+
+
 rule all:
     default_target: True
     input:
         rules.preprocess_3d.input,
         rules.preprocess_2d.input,
+        rules.discovery_3d.input,

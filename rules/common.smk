@@ -84,3 +84,8 @@ def synthetic_montages(kind):
     """The synthetic data's montage when that data source is synthetic, so a person can see what was generated."""
     synthetic = SYNTHETIC_CT if kind == "ct" else SYNTHETIC_CXR
     return [f"results/synthetic/montage_{kind}.png"] if synthetic else []
+
+
+def discovery_settings_ct():
+    """The discovery.ct section without the autoencoder: changing the autoencoder reruns the plan through the latents."""
+    return {k: v for k, v in config["discovery"]["ct"].items() if k != "autoencoder"}

@@ -17,7 +17,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 TINY = {
     "synthetic": {
         "seed": 7,
-        "ct": {"patients": 5, "subsets": 3, "matrix": 64, "slice_mm": [5.0], "thick_slice_fraction": 0.0},
+        "ct": {"patients": 5, "subsets": 3, "matrix": 128, "slice_mm": [5.0], "thick_slice_fraction": 0.0},
         "cxr": {"patients": 8, "follow_ups": [1, 2], "size": 64},
     },
     "preprocess": {
@@ -29,7 +29,17 @@ TINY = {
         },
         "cxr": {"size": 32},
     },
+    "discovery": {
+        "ct": {
+            "autoencoder": {"base_width": 2, "levels": 3, "max_epochs": 2},
+            "classes": 2,
+            "k": 2,
+            "val_neighbours": 1,
+            "crop_size": [16, 16, 8],
+        }
+    },
 }
+TARGETS = ("preprocess_3d", "preprocess_2d", "discovery_3d")
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -55,7 +65,7 @@ def workdir(tmp_path_factory):
     """A workdir in which the tiny workflow has run once (both targets)."""
     root = tmp_path_factory.mktemp("workflow")
     config = write_config(root / "tiny.yaml", TINY)
-    snakemake(root, "--configfile", config, "--cores", "2", "preprocess_3d", "preprocess_2d")
+    snakemake(root, "--configfile", config, "--cores", "2", *TARGETS)
     return root
 
 
@@ -69,7 +79,7 @@ def test_preprocess_targets_build_every_artifact(workdir):
             assert set(store.ids) == ids
             for sid in ids:
                 volume = store.volume(sid)
-                assert volume.min() >= 0 and volume.max() <= 1 and volume.shape[1:] == (64, 64)
+                assert volume.min() >= 0 and volume.max() <= 1 and volume.shape[1:] == (128, 128)
                 assert store.thumbnail(sid).shape == (8, 16, 16)
     images = pd.read_csv(workdir / "results/cxr/images.tsv", sep="\t")
     assert (images.status == "ok").all() and set(images.split) <= {"train", "val", "test"}
@@ -84,7 +94,7 @@ def test_preprocess_targets_build_every_artifact(workdir):
 
 
 def test_second_run_does_nothing(workdir):
-    result = snakemake(workdir, "--configfile", str(workdir / "tiny.yaml"), "-n", "preprocess_3d", "preprocess_2d")
+    result = snakemake(workdir, "--configfile", str(workdir / "tiny.yaml"), "-n", *TARGETS)
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
@@ -92,13 +102,39 @@ def test_changing_the_hu_window_reruns_only_ct_preprocessing(workdir, tmp_path):
     changed = yaml.safe_load(yaml.safe_dump(TINY))
     changed["preprocess"]["ct"]["hu_window"] = [-1000, 400]
     config = write_config(tmp_path / "changed.yaml", changed)
-    result = snakemake(workdir, "--configfile", config, "-n", "preprocess_3d", "preprocess_2d")
-    assert planned_jobs(result.stdout + result.stderr) == {
-        "preprocess_ct": 3,
-        "ct_manifest": 1,
-        "preprocess_3d": 1,
-        "total": 5,
-    }
+    result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
+    planned = planned_jobs(result.stdout + result.stderr)
+    assert planned["preprocess_ct"] == 3 and planned["ct_manifest"] == 1 and planned["autoencoder_ct"] == 1
+    assert "synthetic_ct" not in planned and "preprocess_cxr" not in planned
+
+
+def test_discovery_builds_pseudo_labelled_patches(workdir):
+    import h5py
+
+    plan = pd.read_csv(workdir / "results/ct/discovery/classes.tsv", sep="\t", dtype={"reference": str})
+    assert sorted(plan["class"].unique()) == [0, 1] and plan.reference.nunique() == 1  # paper mode
+    assert set(plan.neighbour[plan.split == "train"]).isdisjoint(plan.neighbour[plan.split == "val"])
+    with h5py.File(workdir / "results/ct/discovery/patches.h5") as h5:
+        assert h5["train/patches"].shape == (2 * 2 * 3, 8, 16, 16)  # classes x k x (1 + 2 multi-resolution)
+        assert h5["val/patches"].shape == (2 * 1, 8, 16, 16)
+        assert sorted(set(h5["train/labels"][()])) == [0, 1]
+    for name in (
+        "autoencoder/model.pt",
+        "autoencoder/history.csv",
+        "autoencoder/loss.png",
+        "latents.h5",
+        "latents.png",
+        "patches.png",
+    ):
+        assert (workdir / "results/ct/discovery" / name).exists(), name
+
+
+def test_changing_the_class_count_reruns_only_plan_and_patches(workdir, tmp_path):
+    changed = yaml.safe_load(yaml.safe_dump(TINY))
+    changed["discovery"]["ct"]["classes"] = 3
+    config = write_config(tmp_path / "changed.yaml", changed)
+    result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
+    assert planned_jobs(result.stdout + result.stderr) == {"plan_ct": 1, "patches_ct": 1, "discovery_3d": 1, "total": 3}
 
 
 def test_config_typo_stops_before_any_job(tmp_path):
