@@ -1,5 +1,5 @@
 # Semantic Genesis: self-discovery, self-classification and self-restoration pretraining for 3D CT and 2D X-ray.
-# Targets: all, preprocess_3d, preprocess_2d, discovery_3d (later stages add pretrain_3d, pretrain_2d, tables).
+# Targets: all, preprocess_3d, preprocess_2d, discovery_3d, discovery_2d (later stages add pretrain_3d, pretrain_2d, tables).
 import os
 import sys
 from pathlib import Path
@@ -42,9 +42,12 @@ rule preprocess_2d:
 
 rule discovery_3d:
     input:
-        rules.patches_ct.output,
-        rules.embed_ct.output.plot,
-        rules.autoencoder_ct.output,
+        discovery_outputs("ct"),
+
+
+rule discovery_2d:
+    input:
+        discovery_outputs("cxr"),
 
 
 rule all:
@@ -53,3 +56,4 @@ rule all:
         rules.preprocess_3d.input,
         rules.preprocess_2d.input,
         rules.discovery_3d.input,
+        rules.discovery_2d.input,

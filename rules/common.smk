@@ -53,6 +53,7 @@ CT_SUBSETS = _available_subsets()
 
 wildcard_constraints:
     subset="|".join(CT_SUBSETS),
+    kind="ct|cxr",
 
 
 def ct_subset_inputs(wildcards):
@@ -86,6 +87,36 @@ def synthetic_montages(kind):
     return [f"results/synthetic/montage_{kind}.png"] if synthetic else []
 
 
-def discovery_settings_ct():
-    """The discovery.ct section without the autoencoder: changing the autoencoder reruns the plan through the latents."""
-    return {k: v for k, v in config["discovery"]["ct"].items() if k != "autoencoder"}
+def discovery_settings(wildcards):
+    """The discovery section of one kind without the autoencoder: an autoencoder change reaches the plan through
+    the latents."""
+    return {k: v for k, v in config["discovery"][wildcards.kind].items() if k not in ("autoencoder", "input_size")}
+
+
+def dims(wildcards):
+    return 3 if wildcards.kind == "ct" else 2
+
+
+def autoencoder_input_size(wildcards):
+    """Radiographs are resized for the autoencoder; CT thumbnails already have its size."""
+    return config["discovery"]["cxr"]["input_size"] if wildcards.kind == "cxr" else None
+
+
+def preprocessed(wildcards):
+    """Manifest and image files of one kind's preprocessing."""
+    if wildcards.kind == "ct":
+        return {"manifest": "results/ct/scans.tsv", "h5": ct_preprocessed_files()}
+    return {"manifest": "results/cxr/images.tsv", "h5": ["results/cxr/images.h5"]}
+
+
+def phantom_table(wildcards):
+    """The synthetic CT phantoms' parameters, to colour the latent plot by anatomy."""
+    return [rules.synthetic_ct.output.phantoms] if wildcards.kind == "ct" and SYNTHETIC_CT else []
+
+
+def discovery_outputs(kind):
+    """Every self-discovery artifact of one kind."""
+    folder = f"results/{kind}/discovery"
+    files = ["patches.h5", "patches.png", "classes.tsv", "latents.h5", "latents.png"]
+    files += [f"autoencoder/{name}" for name in ("model.pt", "history.csv", "loss.png", "reconstructions.png")]
+    return [f"{folder}/{name}" for name in files]

@@ -1,24 +1,26 @@
-# Self-discovery (3D): autoencoder on whole-scan thumbnails -> latents -> kNN class plan -> pseudo-labelled patches.
+# Self-discovery, for kind = ct (3D) and cxr (2D): autoencoder on whole scans or radiographs -> latents ->
+# kNN class plan -> pseudo-labelled patches.
 
 
-rule autoencoder_ct:
+rule autoencoder:
     input:
-        manifest="results/ct/scans.tsv",
-        h5=ct_preprocessed_files(),
+        unpack(preprocessed),
     output:
-        model="results/ct/discovery/autoencoder/model.pt",
-        history="results/ct/discovery/autoencoder/history.csv",
-        loss=report("results/ct/discovery/autoencoder/loss.png", category="Self-discovery 3D"),
+        model="results/{kind}/discovery/autoencoder/model.pt",
+        history="results/{kind}/discovery/autoencoder/history.csv",
+        loss=report("results/{kind}/discovery/autoencoder/loss.png", category="Self-discovery {kind}"),
         reconstructions=report(
-            "results/ct/discovery/autoencoder/reconstructions.png", category="Self-discovery 3D"
+            "results/{kind}/discovery/autoencoder/reconstructions.png", category="Self-discovery {kind}"
         ),
     params:
-        settings=config["discovery"]["ct"]["autoencoder"],
-        code=source_hash("autoencoder", "embedding", "preprocess_ct"),
+        dims=dims,
+        size=autoencoder_input_size,
+        settings=lambda wildcards: config["discovery"][wildcards.kind]["autoencoder"],
+        code=source_hash("autoencoder", "embedding", "preprocess_ct", "preprocess_cxr"),
     log:
-        f"{LOGS}/autoencoder_ct.log",
+        f"{LOGS}/autoencoder/{{kind}}.log",
     benchmark:
-        f"{BENCHMARKS}/autoencoder_ct.tsv"
+        f"{BENCHMARKS}/autoencoder/{{kind}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,
@@ -26,24 +28,25 @@ rule autoencoder_ct:
     conda:
         ENV
     script:
-        "../workflow/scripts/autoencoder_ct.py"
+        "../workflow/scripts/autoencoder.py"
 
 
-rule embed_ct:
+rule embed:
     input:
-        manifest="results/ct/scans.tsv",
-        h5=ct_preprocessed_files(),
-        model=rules.autoencoder_ct.output.model,
-        phantoms=[rules.synthetic_ct.output.phantoms] if SYNTHETIC_CT else [],
+        unpack(preprocessed),
+        model=rules.autoencoder.output.model,
+        phantoms=phantom_table,
     output:
-        latents="results/ct/discovery/latents.h5",
-        plot=report("results/ct/discovery/latents.png", category="Self-discovery 3D"),
+        latents="results/{kind}/discovery/latents.h5",
+        plot=report("results/{kind}/discovery/latents.png", category="Self-discovery {kind}"),
     params:
-        code=source_hash("autoencoder", "embedding", "preprocess_ct"),
+        dims=dims,
+        size=autoencoder_input_size,
+        code=source_hash("autoencoder", "embedding", "preprocess_ct", "preprocess_cxr"),
     log:
-        f"{LOGS}/embed_ct.log",
+        f"{LOGS}/embed/{{kind}}.log",
     benchmark:
-        f"{BENCHMARKS}/embed_ct.tsv"
+        f"{BENCHMARKS}/embed/{{kind}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,
@@ -51,22 +54,23 @@ rule embed_ct:
     conda:
         ENV
     script:
-        "../workflow/scripts/embed_ct.py"
+        "../workflow/scripts/embed.py"
 
 
-rule plan_ct:
+rule plan:
     input:
-        latents=rules.embed_ct.output.latents,
-        h5=ct_preprocessed_files(),
+        latents=rules.embed.output.latents,
+        h5=lambda wildcards: preprocessed(wildcards)["h5"],
     output:
-        report("results/ct/discovery/classes.tsv", category="Self-discovery 3D"),
+        report("results/{kind}/discovery/classes.tsv", category="Self-discovery {kind}"),
     params:
-        settings=discovery_settings_ct(),
+        dims=dims,
+        settings=discovery_settings,
         code=source_hash("discovery", "self_discovery", "patches", "embedding"),
     log:
-        f"{LOGS}/plan_ct.log",
+        f"{LOGS}/plan/{{kind}}.log",
     benchmark:
-        f"{BENCHMARKS}/plan_ct.tsv"
+        f"{BENCHMARKS}/plan/{{kind}}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -74,23 +78,24 @@ rule plan_ct:
     conda:
         ENV
     script:
-        "../workflow/scripts/plan_ct.py"
+        "../workflow/scripts/plan.py"
 
 
-rule patches_ct:
+rule patches:
     input:
-        plan=rules.plan_ct.output[0],
-        h5=ct_preprocessed_files(),
+        plan=rules.plan.output[0],
+        h5=lambda wildcards: preprocessed(wildcards)["h5"],
     output:
-        h5="results/ct/discovery/patches.h5",
-        montage=report("results/ct/discovery/patches.png", category="Self-discovery 3D"),
+        h5="results/{kind}/discovery/patches.h5",
+        montage=report("results/{kind}/discovery/patches.png", category="Self-discovery {kind}"),
     params:
-        settings=discovery_settings_ct(),
+        dims=dims,
+        settings=discovery_settings,
         code=source_hash("discovery", "self_discovery", "patches"),
     log:
-        f"{LOGS}/patches_ct.log",
+        f"{LOGS}/patches/{{kind}}.log",
     benchmark:
-        f"{BENCHMARKS}/patches_ct.tsv"
+        f"{BENCHMARKS}/patches/{{kind}}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -98,4 +103,4 @@ rule patches_ct:
     conda:
         ENV
     script:
-        "../workflow/scripts/patches_ct.py"
+        "../workflow/scripts/patches.py"

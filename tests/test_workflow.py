@@ -36,10 +36,18 @@ TINY = {
             "k": 2,
             "val_neighbours": 1,
             "crop_size": [16, 16, 8],
-        }
+        },
+        "cxr": {
+            "input_size": 32,
+            "autoencoder": {"base_width": 2, "levels": 3, "max_epochs": 2},
+            "classes": 2,
+            "k": 3,
+            "val_neighbours": 1,
+            "crop_size": [8, 8],
+        },
     },
 }
-TARGETS = ("preprocess_3d", "preprocess_2d", "discovery_3d")
+TARGETS = ("preprocess_3d", "preprocess_2d", "discovery_3d", "discovery_2d")
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -104,7 +112,7 @@ def test_changing_the_hu_window_reruns_only_ct_preprocessing(workdir, tmp_path):
     config = write_config(tmp_path / "changed.yaml", changed)
     result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
     planned = planned_jobs(result.stdout + result.stderr)
-    assert planned["preprocess_ct"] == 3 and planned["ct_manifest"] == 1 and planned["autoencoder_ct"] == 1
+    assert planned["preprocess_ct"] == 3 and planned["ct_manifest"] == 1 and planned["autoencoder"] == 1
     assert "synthetic_ct" not in planned and "preprocess_cxr" not in planned
 
 
@@ -118,15 +126,12 @@ def test_discovery_builds_pseudo_labelled_patches(workdir):
         assert h5["train/patches"].shape == (2 * 2 * 3, 8, 16, 16)  # classes x k x (1 + 2 multi-resolution)
         assert h5["val/patches"].shape == (2 * 1, 8, 16, 16)
         assert sorted(set(h5["train/labels"][()])) == [0, 1]
-    for name in (
-        "autoencoder/model.pt",
-        "autoencoder/history.csv",
-        "autoencoder/loss.png",
-        "latents.h5",
-        "latents.png",
-        "patches.png",
-    ):
-        assert (workdir / "results/ct/discovery" / name).exists(), name
+    with h5py.File(workdir / "results/cxr/discovery/patches.h5") as h5:
+        assert h5["train/patches"].shape == (2 * 3, 8, 8) and h5["val/patches"].shape == (2 * 1, 8, 8)
+    names = ["model.pt", "history.csv", "loss.png", "reconstructions.png"]
+    for kind in ("ct", "cxr"):
+        for name in [f"autoencoder/{n}" for n in names] + ["latents.h5", "latents.png", "patches.png"]:
+            assert (workdir / f"results/{kind}/discovery" / name).exists(), (kind, name)
 
 
 def test_changing_the_class_count_reruns_only_plan_and_patches(workdir, tmp_path):
@@ -134,7 +139,7 @@ def test_changing_the_class_count_reruns_only_plan_and_patches(workdir, tmp_path
     changed["discovery"]["ct"]["classes"] = 3
     config = write_config(tmp_path / "changed.yaml", changed)
     result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
-    assert planned_jobs(result.stdout + result.stderr) == {"plan_ct": 1, "patches_ct": 1, "discovery_3d": 1, "total": 3}
+    assert planned_jobs(result.stdout + result.stderr) == {"plan": 1, "patches": 1, "discovery_3d": 1, "total": 3}
 
 
 def test_config_typo_stops_before_any_job(tmp_path):

@@ -34,6 +34,13 @@ def cxr_inputs(images_tsv: Path | str, images_h5: Path | str, size: int) -> tupl
     return usable, pooled.numpy()
 
 
+def load_inputs(dims: int, manifest_tsv: Path | str, h5_files: list[str], input_size: int | None = None):
+    """The usable images of one dimension and their manifest: CT thumbnails (3) or resized radiographs (2)."""
+    if dims == 3:
+        return ct_inputs(manifest_tsv, h5_files)
+    return cxr_inputs(manifest_tsv, h5_files[0], input_size)
+
+
 def train(manifest: pd.DataFrame, images: np.ndarray, settings: AutoencoderSettings, out_dir: Path | str) -> None:
     """Train on the train split, validate on the val split; resume an interrupted run, restart a stale one."""
     split = manifest.split.to_numpy()

@@ -1,0 +1,13 @@
+"""Rules autoencoder_ct/_cxr: train the self-discovery autoencoder (resumes after an interruption)."""
+
+from pathlib import Path
+
+from semantic_genesis.autoencoder import AutoencoderSettings
+from semantic_genesis.embedding import load_inputs, train
+from semantic_genesis.logs import rule_logging
+
+with rule_logging(snakemake.log[0]):
+    dims = snakemake.params.dims
+    manifest, images = load_inputs(dims, snakemake.input.manifest, list(snakemake.input.h5), snakemake.params.size)
+    values = {**snakemake.params.settings, "dims": dims, "num_threads": snakemake.threads}
+    train(manifest, images, AutoencoderSettings.from_dict(values), Path(snakemake.output.model).parent)

@@ -1,0 +1,8 @@
+"""Rules patches_ct/_cxr: the pseudo-labelled patches in HDF5 and their class montage."""
+
+from semantic_genesis.logs import rule_logging
+from semantic_genesis.self_discovery import patches
+
+with rule_logging(snakemake.log[0]):
+    p, out = snakemake.params, snakemake.output
+    patches(p.dims, snakemake.input.plan, list(snakemake.input.h5), p.settings, out.h5, out.montage)
