@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+
 from semantic_genesis.phantom import PhantomSettings, draw_patient, render_ct
 from semantic_genesis.preprocess_ct import CTSettings, preprocess_scan, preprocess_subset
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from semantic_genesis.autoencoder import (
     Autoencoder,
     AutoencoderSettings,

@@ -3,6 +3,7 @@
 import pytest
 import yaml
 from conftest import REPO
+
 from semantic_genesis.config import ConfigError, load_config, validate_config
 
 

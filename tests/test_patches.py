@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import chest_like, write_volume
+
 from semantic_genesis.discovery import DiscoverySettings, plan_classes
 from semantic_genesis.patches import ct_scans, extract_patches, multi_resolution_regions, patch_montage, scan_shapes
 from semantic_genesis.preprocess_ct import CTSettings, PreprocessedCT, preprocess_subset

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 from conftest import chest_like, write_png, write_volume
+
 from semantic_genesis.preprocess_ct import (
     CTSettings,
     PreprocessedCT,

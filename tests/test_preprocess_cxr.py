@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import DATA, write_png
+
 from semantic_genesis.preprocess_cxr import (
     CXR14_COLUMNS,
     CXRSettings,

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import chest_like, write_png, write_volume
+
 from semantic_genesis.readers import InputError, read_radiograph, read_volume, scan_id
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+
 from semantic_genesis.montage import lung_centre
 from semantic_genesis.phantom import LABELS, PhantomSettings
 from semantic_genesis.preprocess_cxr import CXR14_COLUMNS, read_chestxray14_index

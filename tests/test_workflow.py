@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
+
 from semantic_genesis.preprocess_ct import PreprocessedCT
 from semantic_genesis.preprocess_cxr import PreprocessedCXR
 
