@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import SimpleITK as sitk
+from peak_memory import reset_peak, rss_bytes
 
 from semantic_genesis.discovery import DiscoverySettings, plan_classes, read_plan, write_plan
 from semantic_genesis.patches import ct_scans, extract_patches, scan_shapes
@@ -78,19 +79,11 @@ def scan_ids(files: list[str]) -> list[str]:
 
 def run_child(files: list[str], plan_tsv: str, out: str) -> dict:
     """In a fresh process: extract the planned patches, timing it and measuring peak RSS above the baseline."""
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS mark
-    baseline = _kib("VmRSS")
+    baseline = reset_peak()
     start = time.perf_counter()
     settings = DiscoverySettings(classes=1, k=1, val_neighbours=1, **SETTINGS)
     extract_patches(read_plan(plan_tsv), ct_scans(files), out, settings, True, 0, {})
-    return {"seconds": time.perf_counter() - start, "peak": (_kib("VmHWM") - baseline) * 1024}
-
-
-def _kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(field)
+    return {"seconds": time.perf_counter() - start, "peak": rss_bytes() - baseline}
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from peak_memory import reset_peak, rss_bytes
 
 from semantic_genesis.phantom import PhantomSettings, draw_patient, render_ct
 from semantic_genesis.preprocess_ct import CTSettings, preprocess_scan, preprocess_subset
@@ -43,8 +44,7 @@ def make_scan(folder: Path, matrix: int) -> Path:
 def run_task(task: str, path: str, settings: CTSettings, out: str, repeats: int) -> dict:
     """Run one task repeats + 1 times in this fresh process: seconds of the first and the later runs, peak RSS."""
     torch.set_num_threads(1)
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS mark, so imports do not count
-    baseline = _rss_kib("VmRSS")
+    baseline = reset_peak()
     seconds = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
@@ -60,16 +60,8 @@ def run_task(task: str, path: str, settings: CTSettings, out: str, repeats: int)
     return {
         "first": seconds[0],
         "steady": statistics.median(seconds[1:]),
-        "peak": (_rss_kib("VmHWM") - baseline) * 1024,
+        "peak": rss_bytes() - baseline,
     }
-
-
-def _rss_kib(field: str) -> int:
-    """A memory field of /proc/self/status in KiB (VmRSS: now, VmHWM: peak since the last reset)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def measure(task: str, path: Path, settings: CTSettings, out: Path, repeats: int) -> dict:
