@@ -17,14 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import SimpleITK as sitk
 from peak_memory import reset_peak, rss_bytes
 
 from semantic_genesis.discovery import DiscoverySettings, plan_classes, read_plan, write_plan
 from semantic_genesis.patches import ct_scans, extract_patches, scan_shapes
-from semantic_genesis.preprocess_ct import CTSettings, preprocess_subset
+from semantic_genesis.preprocess_ct import CTSettings, PreprocessedCT, preprocess_subset
 
 SETTINGS = dict(crop_size_xyz=(64, 64, 32), margin_lo=(0.1, 0.1, 0.1), margin_hi=(0.1, 0.1, 0.1), seed=0)
 
@@ -72,8 +71,8 @@ def scan_ids(files: list[str]) -> list[str]:
     """Every scan id in the subset files."""
     ids = []
     for f in files:
-        with h5py.File(f, "r") as h5:
-            ids += list(h5["scans"])
+        with PreprocessedCT(f) as store:
+            ids += store.ids
     return ids
 
 

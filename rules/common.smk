@@ -10,7 +10,6 @@ LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
 
 
-
 def source_hash(*modules):
     """Digest of the package modules a job runs; as a param, editing them reruns the job (the code trigger of
     Snakemake sees only the script file)."""

@@ -22,7 +22,7 @@ from tqdm import tqdm  # noqa: E402
 from . import __version__  # noqa: E402
 from .artifacts import atomic_path  # noqa: E402
 from .discovery import DiscoverySettings, as_zyx, fit_inside  # noqa: E402
-from .preprocess_ct import CTSettings, to_unit  # noqa: E402
+from .preprocess_ct import PreprocessedCT, box  # noqa: E402
 from .preprocess_cxr import PreprocessedCXR  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -47,27 +47,11 @@ class Scan(Protocol):
     def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray: ...
 
 
-class _UnitScan:
-    """Lazy view of a stored int16 HU scan: slicing reads only the chunks touched and maps them to [0, 1]."""
-
-    def __init__(self, data: h5py.Dataset, window: tuple[int, int]):
-        self._data, self._window, self.shape = data, window, data.shape
-
-    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
-        return to_unit(self._data[index], self._window)
-
-
 def ct_scans(h5_paths: Sequence[Path | str]) -> Callable[[str], Scan]:
-    """An `open_scan` over the per-subset files of preprocess_ct (layout scans/<id>, settings attribute)."""
-    files = [h5py.File(p, "r") for p in h5_paths]
-    where = {sid: h5 for h5 in files if "scans" in h5 for sid in h5["scans"]}
-
-    def open_scan(sid: str) -> Scan:
-        h5 = where[sid]
-        window = tuple(json.loads(h5.attrs["settings"]).get("hu_window", CTSettings.hu_window))
-        return _UnitScan(h5["scans"][sid], window)
-
-    return open_scan
+    """An `open_scan` over preprocess_ct's per-subset files: lazy [0, 1] views reading only the touched chunks."""
+    stores = [PreprocessedCT(p) for p in h5_paths]
+    where = {sid: store for store in stores for sid in store.ids}
+    return lambda sid: where[sid].view(sid)
 
 
 def cxr_scans(h5_path: Path | str) -> Callable[[str], Scan]:
@@ -167,7 +151,7 @@ def extract_patches(
                 if row.split == "train" and multi_resolution:
                     regions += multi_resolution_regions(start, shape, crop_zyx, rng)
                 for resolution, (begin, size) in enumerate(regions):
-                    index = tuple(slice(b, b + s) for b, s in zip(begin, size))
+                    index = box(begin, size)
                     crop = np.asarray(scan[index[-len(scan.shape) :]], np.float32).reshape(size)
                     if size != crop_zyx:
                         crop = resize_in_plane(crop, crop_zyx[1:])

@@ -240,6 +240,21 @@ def gather_manifests(tsvs: list[str], out_tsv: Path | str) -> pd.DataFrame:
     return manifest
 
 
+def box(start: tuple[int, ...], size: tuple[int, ...]) -> tuple[slice, ...]:
+    """The array index of the box of `size` voxels starting at `start`."""
+    return tuple(slice(b, b + n) for b, n in zip(start, size))
+
+
+class UnitView:
+    """Lazy view of a stored int16 HU scan: slicing reads only the chunks touched and maps them to [0, 1]."""
+
+    def __init__(self, data: h5py.Dataset, window: tuple[int, int]):
+        self._data, self._window, self.shape = data, window, data.shape
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        return to_unit(self._data[index], self._window)
+
+
 class PreprocessedCT:
     """Read access to one subset file written by preprocess_subset; values come back in [0, 1], index [z, y, x]."""
 
@@ -273,10 +288,13 @@ class PreprocessedCT:
         """The whole scan in [0, 1]."""
         return to_unit(self.hu(sid), self.settings.hu_window)
 
+    def view(self, sid: str) -> UnitView:
+        """A lazy [0, 1] view of one scan, for reading many crops without loading the scan."""
+        return UnitView(self._h5["scans"][sid], self.settings.hu_window)
+
     def crop(self, sid: str, start_zyx: tuple[int, int, int], size_zyx: tuple[int, int, int]) -> np.ndarray:
         """A crop in [0, 1]; only the chunks it touches are read from disk."""
-        index = tuple(slice(b, b + s) for b, s in zip(start_zyx, size_zyx))
-        return to_unit(self._h5["scans"][sid][index], self.settings.hu_window)
+        return self.view(sid)[box(start_zyx, size_zyx)]
 
     def thumbnail(self, sid: str) -> np.ndarray:
         """The autoencoder-size thumbnail in [0, 1] as float32."""

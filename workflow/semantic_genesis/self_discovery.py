@@ -13,6 +13,7 @@ import numpy as np
 from .discovery import DiscoverySettings, air_acceptor, plan_classes, read_plan, write_plan
 from .embedding import read_latents
 from .patches import ct_scans, cxr_scans, extract_patches, patch_montage, scan_shapes
+from .preprocess_ct import box
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,17 @@ def discovery_settings(cfg: dict) -> DiscoverySettings:
     return DiscoverySettings.from_config({**cfg, "crop_size_xyz": cfg["crop_size"]})
 
 
-def _plan(latents_h5: Path | str, open_scan: Callable, shapes: dict, cfg: dict, air_test: bool, out_tsv: Path | str):
-    """Pick references, neighbours and crop coordinates from the latents; write the class table."""
+def _plan(
+    latents_h5: Path | str,
+    open_scan: Callable,
+    shapes: Callable[[list[str]], dict],
+    cfg: dict,
+    air_test: bool,
+    out_tsv: Path | str,
+) -> None:
+    """Pick references, neighbours and crop coordinates from the latents; write the class table.
+
+    `shapes(ids)` maps every id to its array shape."""
     settings = discovery_settings(cfg)
     latents, ids, splits = read_latents(latents_h5)
 
@@ -31,10 +41,10 @@ def _plan(latents_h5: Path | str, open_scan: Callable, shapes: dict, cfg: dict, 
         if not air_test:
             return lambda start: True
         scan = open_scan(sid)
-        return air_acceptor(lambda start, size: scan[tuple(slice(b, b + n) for b, n in zip(start, size))], settings)
+        return air_acceptor(lambda start, size: scan[box(start, size)], settings)
 
     rng = np.random.default_rng(settings.seed)
-    plan = plan_classes(latents, ids, splits, settings, rng, accept_factory, shapes)
+    plan = plan_classes(latents, ids, splits, settings, rng, accept_factory, shapes(ids))
     write_plan(plan, out_tsv)
     log.info(
         "%d classes from %d references: %d train and %d val rows",
@@ -48,8 +58,7 @@ def _plan(latents_h5: Path | str, open_scan: Callable, shapes: dict, cfg: dict, 
 def plan_ct(latents_h5: Path | str, h5_files: list[str], cfg: dict, out_tsv: Path | str) -> None:
     """The 3D class table; coordinates must pass the air test on the reference."""
     open_scan = ct_scans(h5_files)
-    ids = read_latents(latents_h5)[1]
-    _plan(latents_h5, open_scan, scan_shapes(open_scan, ids), cfg, True, out_tsv)
+    _plan(latents_h5, open_scan, lambda ids: scan_shapes(open_scan, ids), cfg, True, out_tsv)
 
 
 def plan_cxr(latents_h5: Path | str, images_h5: Path | str, cfg: dict, out_tsv: Path | str) -> None:
@@ -58,8 +67,7 @@ def plan_cxr(latents_h5: Path | str, images_h5: Path | str, cfg: dict, out_tsv: 
     Every stored radiograph has the same size, so the shapes need no image reads."""
     with h5py.File(images_h5, "r") as h5:
         shape = h5["images"].shape[1:]
-    ids = read_latents(latents_h5)[1]
-    _plan(latents_h5, cxr_scans(images_h5), dict.fromkeys(ids, shape), cfg, False, out_tsv)
+    _plan(latents_h5, cxr_scans(images_h5), lambda ids: dict.fromkeys(ids, shape), cfg, False, out_tsv)
 
 
 def _patches(plan_tsv: Path | str, open_scan: Callable, cfg: dict, out_h5: Path | str, out_png: Path | str) -> None:
