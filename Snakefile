@@ -1,5 +1,5 @@
 # Semantic Genesis: self-discovery, self-classification and self-restoration pretraining for 3D CT and 2D X-ray.
-# Targets: all, preprocess_3d, preprocess_2d, discovery_3d, discovery_2d (later stages add pretrain_3d, pretrain_2d, tables).
+# Targets: all, preprocess_3d, preprocess_2d, discovery_3d, discovery_2d, pretrain_3d, pretrain_2d.
 import os
 import sys
 from pathlib import Path
@@ -24,6 +24,7 @@ include: "rules/common.smk"
 include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"
 include: "rules/discovery.smk"
+include: "rules/pretrain.smk"
 
 
 rule preprocess_3d:
@@ -50,6 +51,16 @@ rule discovery_2d:
         discovery_outputs("cxr"),
 
 
+rule pretrain_3d:
+    input:
+        pretrain_outputs("ct"),
+
+
+rule pretrain_2d:
+    input:
+        pretrain_outputs("cxr"),
+
+
 rule all:
     default_target: True
     input:
@@ -57,3 +68,5 @@ rule all:
         rules.preprocess_2d.input,
         rules.discovery_3d.input,
         rules.discovery_2d.input,
+        rules.pretrain_3d.input,
+        rules.pretrain_2d.input,

@@ -2,6 +2,7 @@
 import glob
 import hashlib
 
+from semantic_genesis.methods import METHODS
 from semantic_genesis.readers import VOLUME_SUFFIXES
 from semantic_genesis.synthetic import synthetic_ct_scans
 
@@ -17,6 +18,14 @@ def source_hash(*modules):
     for name in modules:
         digest.update(Path(PACKAGE_DIR, "semantic_genesis", f"{name}.py").read_bytes())
     return digest.hexdigest()[:16]
+
+
+def canonical(settings):
+    """A settings mapping with keys sorted at every level: Snakemake compares params by their text, so the order in
+    which a config file happens to list keys must not trigger reruns."""
+    if isinstance(settings, dict):
+        return {k: canonical(settings[k]) for k in sorted(settings)}
+    return settings
 
 
 SYNTHETIC_CT = config["data"]["ct_root"] is None
@@ -53,6 +62,7 @@ CT_SUBSETS = _available_subsets()
 wildcard_constraints:
     subset="|".join(CT_SUBSETS),
     kind="ct|cxr",
+    method="|".join(METHODS),
 
 
 def ct_subset_inputs(wildcards):
@@ -89,11 +99,16 @@ def synthetic_montages(kind):
 def discovery_settings(wildcards):
     """The discovery section of one kind without the autoencoder: an autoencoder change reaches the plan through
     the latents."""
-    return {k: v for k, v in config["discovery"][wildcards.kind].items() if k not in ("autoencoder", "input_size")}
+    section = config["discovery"][wildcards.kind]
+    return canonical({k: v for k, v in section.items() if k not in ("autoencoder", "input_size")})
 
 
 def dims(wildcards):
     return 3 if wildcards.kind == "ct" else 2
+
+
+def autoencoder_settings(wildcards):
+    return canonical(config["discovery"][wildcards.kind]["autoencoder"])
 
 
 def autoencoder_input_size(wildcards):
@@ -119,3 +134,20 @@ def discovery_outputs(kind):
     files = ["patches.h5", "patches.png", "classes.tsv", "latents.h5", "latents.png"]
     files += [f"autoencoder/{name}" for name in ("model.pt", "history.csv", "loss.png", "reconstructions.png")]
     return [f"{folder}/{name}" for name in files]
+
+
+def pretrain_settings(wildcards):
+    """Everything that decides a pretraining run's result: the kind's section, the method and the shared settings."""
+    shared = {k: config["pretrain"][k] for k in ("restoration_policy", "transforms", "device", "amp", "augment")}
+    return canonical(
+        {**config["pretrain"][wildcards.kind], **shared, "method": wildcards.method, "dims": dims(wildcards)}
+    )
+
+
+def pretrain_outputs(kind):
+    """Every pretraining artifact of one kind: each configured method's files and the transform gallery."""
+    files = ["weights.pt", "encoder.pt", "architecture.json", "history.csv", "curves.png", "examples.png"]
+    methods = config["pretrain"]["methods"]
+    return [f"results/{kind}/pretrain/{m}/{f}" for m in methods for f in files] + [
+        f"results/{kind}/pretrain/transforms.png"
+    ]

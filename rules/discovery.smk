@@ -15,8 +15,8 @@ rule autoencoder:
     params:
         dims=dims,
         size=autoencoder_input_size,
-        settings=lambda wildcards: config["discovery"][wildcards.kind]["autoencoder"],
-        code=source_hash("autoencoder", "embedding", "preprocess_ct", "preprocess_cxr"),
+        settings=autoencoder_settings,
+        code=source_hash("autoencoder", "training", "embedding", "preprocess_ct", "preprocess_cxr"),
     log:
         f"{LOGS}/autoencoder/{{kind}}.log",
     benchmark:
@@ -42,7 +42,7 @@ rule embed:
     params:
         dims=dims,
         size=autoencoder_input_size,
-        code=source_hash("autoencoder", "embedding", "preprocess_ct", "preprocess_cxr"),
+        code=source_hash("autoencoder", "training", "embedding", "preprocess_ct", "preprocess_cxr"),
     log:
         f"{LOGS}/embed/{{kind}}.log",
     benchmark:

@@ -1,5 +1,6 @@
 """The Snakemake workflow end to end on a tiny synthetic configuration, as a user runs it."""
 
+import json
 import re
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import pytest
 import yaml
 from conftest import REPO
 
+from semantic_genesis.methods import METHODS
+from semantic_genesis.networks import load_pretrained
 from semantic_genesis.preprocess_ct import PreprocessedCT
 from semantic_genesis.preprocess_cxr import PreprocessedCXR
 
@@ -28,7 +31,7 @@ TINY = {
             "thumbnail_size": [16, 16, 8],
             "chunk": [32, 32, 16],
         },
-        "cxr": {"size": 32},
+        "cxr": {"size": 64},
     },
     "discovery": {
         "ct": {
@@ -44,11 +47,18 @@ TINY = {
             "classes": 2,
             "k": 3,
             "val_neighbours": 1,
-            "crop_size": [8, 8],
+            "crop_size": [32, 32],
+            "margin_lo": [0.05, 0.05],
+            "margin_hi": [0.05, 0.05],
         },
     },
+    "pretrain": {
+        "transforms": {"shuffle_windows": 200},
+        "ct": {"base_width": 2, "head_width": 8, "batch_size": 2, "max_epochs": 2},
+        "cxr": {"base_width": 2, "head_width": 8, "batch_size": 2, "max_epochs": 2},
+    },
 }
-TARGETS = ("preprocess_3d", "preprocess_2d", "discovery_3d", "discovery_2d")
+TARGETS = ("preprocess_3d", "preprocess_2d", "discovery_3d", "discovery_2d", "pretrain_3d", "pretrain_2d")
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -93,7 +103,7 @@ def test_preprocess_targets_build_every_artifact(workdir):
     images = pd.read_csv(workdir / "results/cxr/images.tsv", sep="\t")
     assert (images.status == "ok").all() and set(images.split) <= {"train", "val", "test"}
     with PreprocessedCXR(workdir / "results/cxr/images.h5") as store:
-        assert len(store) == len(images) and store.image(0).shape == (32, 32)
+        assert len(store) == len(images) and store.image(0).shape == (64, 64)
     for name in ("montage_ct.png", "montage_cxr.png"):
         assert (workdir / "results/synthetic" / name).stat().st_size > 10_000
     logs = list((workdir / "results/logs").rglob("*.log"))
@@ -128,7 +138,7 @@ def test_discovery_builds_pseudo_labelled_patches(workdir):
         assert h5["val/patches"].shape == (2 * 1, 8, 16, 16)
         assert sorted(set(h5["train/labels"][()])) == [0, 1]
     with h5py.File(workdir / "results/cxr/discovery/patches.h5") as h5:
-        assert h5["train/patches"].shape == (2 * 3, 8, 8) and h5["val/patches"].shape == (2 * 1, 8, 8)
+        assert h5["train/patches"].shape == (2 * 3, 32, 32) and h5["val/patches"].shape == (2 * 1, 32, 32)
     names = ["model.pt", "history.csv", "loss.png", "reconstructions.png"]
     for kind in ("ct", "cxr"):
         for name in [f"autoencoder/{n}" for n in names] + ["latents.h5", "latents.png", "patches.png"]:
@@ -140,7 +150,36 @@ def test_changing_the_class_count_reruns_only_plan_and_patches(workdir, tmp_path
     changed["discovery"]["ct"]["classes"] = 3
     config = write_config(tmp_path / "changed.yaml", changed)
     result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
-    assert planned_jobs(result.stdout + result.stderr) == {"plan": 1, "patches": 1, "discovery_3d": 1, "total": 3}
+    planned = planned_jobs(result.stdout + result.stderr)
+    pretraining = {"pretrain": len(METHODS), "transform_gallery": 1, "pretrain_3d": 1}
+    assert planned == {"plan": 1, "patches": 1, "discovery_3d": 1, **pretraining, "total": 5 + len(METHODS)}
+
+
+def test_pretraining_builds_every_method_of_both_kinds(workdir):
+    for kind, dims in (("ct", 3), ("cxr", 2)):
+        folder = workdir / f"results/{kind}/pretrain"
+        assert (folder / "transforms.png").stat().st_size > 10_000
+        for method in METHODS:
+            history = pd.read_csv(folder / method / "history.csv")
+            assert list(history.epoch) == [1, 2] and history.val_loss.notna().all()
+            architecture = json.loads((folder / method / "architecture.json").read_text())
+            assert architecture["dims"] == dims and architecture["extra"]["method"] == method
+            encoder = load_pretrained(folder / method, part="encoder")
+            assert encoder.out_channels == (16 if dims == 3 else 8) * 2
+            assert (workdir / f"results/logs/pretrain/{kind}/{method}.log").read_text().count("epoch") >= 2
+
+
+def test_a_pretraining_setting_reruns_only_that_pretraining(workdir, tmp_path):
+    changed = yaml.safe_load(yaml.safe_dump(TINY))
+    changed["pretrain"]["ct"]["lr"] = 0.002
+    config = write_config(tmp_path / "changed.yaml", changed)
+    result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
+    assert planned_jobs(result.stdout + result.stderr) == {"pretrain": len(METHODS), "pretrain_3d": 1, "total": 8}
+    # Worker processes choose hardware, not results: changing them reruns nothing.
+    changed["pretrain"]["ct"]["lr"] = TINY["pretrain"]["ct"].get("lr", 0.001)
+    changed["pretrain"]["workers"] = 1
+    result = snakemake(workdir, "--configfile", write_config(tmp_path / "workers.yaml", changed), "-n", *TARGETS)
+    assert "Nothing to be done" in result.stdout + result.stderr
 
 
 def test_config_typo_stops_before_any_job(tmp_path):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
+from .training import batches, improved, reproducible  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +149,6 @@ def load_autoencoder(path: Path | str, map_location: str | torch.device = "cpu")
     return model.eval()
 
 
-@contextlib.contextmanager
-def _reproducible(num_threads: int) -> Iterator[None]:
-    """Deterministic kernels and a fixed thread count for one training run; the global flags are restored after."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    # warn_only: on GPUs some kernels have no deterministic variant; CPU training is exactly reproducible regardless.
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.set_num_threads(threads)
-
-
 def _fingerprint(*arrays: np.ndarray) -> str:
     """Digest of the shapes and contents of the training data, so a checkpoint is never resumed on other data."""
     digest = hashlib.blake2b(digest_size=16)
@@ -185,30 +170,15 @@ def _as_tensor(images: np.ndarray, dims: int) -> torch.Tensor:
     return tensor
 
 
-def _batches(n: int, batch_size: int, order: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Index batches of at most batch_size; a lone last sample joins the previous batch."""
-    order = torch.arange(n) if order is None else order
-    batches = list(order.split(batch_size))
-    # Batch norm in training mode cannot normalise one value per channel (one sample at a 1-voxel bottleneck).
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2:] = [torch.cat(batches[-2:])]
-    return batches
-
-
 @torch.no_grad()
 def _mean_loss(model: Autoencoder, images: torch.Tensor, batch_size: int, device: torch.device) -> float:
     """Mean squared reconstruction error over all voxels of a set, in eval mode."""
     model.eval()
     total = sum(
         F.mse_loss(model(images[b].to(device)), images[b].to(device), reduction="sum").item()
-        for b in _batches(len(images), batch_size)
+        for b in batches(len(images), batch_size)
     )
     return total / images.numel()
-
-
-def _improved(loss: float, best: float, min_improvement: float) -> bool:
-    """Whether loss beats best by the same relative threshold ReduceLROnPlateau uses."""
-    return loss < best * (1 - min_improvement)
 
 
 def train_autoencoder(
@@ -236,7 +206,7 @@ def train_autoencoder(
         log.warning("validation set is empty: the learning-rate schedule and early stopping follow the training loss")
     fingerprint = _fingerprint(train_images, val_images)
 
-    with _reproducible(settings.num_threads):
+    with reproducible(settings.num_threads):
         torch.manual_seed(settings.seed)
         model = Autoencoder(settings).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -282,7 +252,7 @@ def train_autoencoder(
             start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
             model.train()
             total = 0.0
-            for batch in _batches(len(train), settings.batch_size, torch.randperm(len(train), generator=shuffle)):
+            for batch in batches(len(train), settings.batch_size, torch.randperm(len(train), generator=shuffle)):
                 images = train[batch].to(device)
                 loss = F.mse_loss(model(images), images)
                 optimizer.zero_grad(set_to_none=True)
@@ -294,7 +264,7 @@ def train_autoencoder(
             watched = val_loss if len(val) else train_loss
             scheduler.step(watched)
 
-            if _improved(watched, state["best_loss"], settings.min_improvement):
+            if improved(watched, state["best_loss"], settings.min_improvement):
                 state.update(best_loss=watched, best_epoch=epoch + 1)
                 best_weights = copy.deepcopy(model.state_dict())
             state["stopped"] = epoch + 1 - state["best_epoch"] >= settings.early_stopping_patience

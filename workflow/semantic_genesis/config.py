@@ -77,6 +77,14 @@ def _check_consistency(config: dict) -> None:
             seen[subset] = split
     if not config["preprocess"]["ct"]["splits"]["train"]:
         raise ConfigError("config key 'preprocess.ct.splits.train': needs at least one subset")
+    # The 3D U-Net pools three times, the 2D ResNet-18 encoder halves five times: patches must divide evenly.
+    for kind, divisor, network in (("ct", 8, "3D U-Net"), ("cxr", 32, "2D ResNet-18 U-Net")):
+        crop = config["discovery"][kind]["crop_size"]
+        if config["pretrain"]["methods"] and any(side % divisor for side in crop):
+            raise ConfigError(
+                f"config key 'discovery.{kind}.crop_size': {crop} must be divisible by {divisor} on every axis for "
+                f"the {network} of pretraining"
+            )
 
 
 def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:

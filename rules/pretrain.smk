@@ -1,0 +1,56 @@
+# Pretraining on the self-discovered patches: one job per {kind} (ct = 3D, cxr = 2D) and {method}, plus a gallery of
+# the restoration transforms.
+
+
+rule pretrain:
+    input:
+        patches="results/{kind}/discovery/patches.h5",
+    output:
+        weights="results/{kind}/pretrain/{method}/weights.pt",
+        encoder="results/{kind}/pretrain/{method}/encoder.pt",
+        architecture="results/{kind}/pretrain/{method}/architecture.json",
+        history="results/{kind}/pretrain/{method}/history.csv",
+        curves=report(
+            "results/{kind}/pretrain/{method}/curves.png", category="Pretraining {kind}", subcategory="{method}"
+        ),
+        examples=report(
+            "results/{kind}/pretrain/{method}/examples.png", category="Pretraining {kind}", subcategory="{method}"
+        ),
+    params:
+        settings=pretrain_settings,
+        code=source_hash("pretraining", "methods", "networks", "unet3d", "unet2d", "transforms", "training"),
+    log:
+        f"{LOGS}/pretrain/{{kind}}/{{method}}.log",
+    benchmark:
+        f"{BENCHMARKS}/pretrain/{{kind}}/{{method}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=1440,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/pretrain.py"
+
+
+rule transform_gallery:
+    input:
+        patches="results/{kind}/discovery/patches.h5",
+    output:
+        report("results/{kind}/pretrain/transforms.png", category="Pretraining {kind}"),
+    params:
+        restoration_policy=config["pretrain"]["restoration_policy"],
+        transforms=canonical(config["pretrain"]["transforms"]),
+        code=source_hash("pretraining", "transforms"),
+    log:
+        f"{LOGS}/transform_gallery/{{kind}}.log",
+    benchmark:
+        f"{BENCHMARKS}/transform_gallery/{{kind}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/transform_gallery.py"

@@ -1,0 +1,152 @@
+"""Pretraining: every method end to end, falling losses, exported weights, lazy data, fixed validation, resume."""
+
+import pickle
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from semantic_genesis.methods import METHODS
+from semantic_genesis.networks import Encoder3D, load_pretrained
+from semantic_genesis.pretraining import PatchDataset, PretrainSettings, pretrain, transform_gallery
+from semantic_genesis.transforms import TransformSettings
+
+SHAPE_3D = (8, 16, 16)
+FAST = dict(base_width=2, head_width=16, batch_size=4, lr=0.01, num_threads=1, workers=0, device="cpu")
+# Fewer shuffle windows keep tiny patches recognisable and the tests quick; the contract is the same.
+TRANSFORMS = {"shuffle_windows": 200}
+
+
+def write_patches(path, shape=SHAPE_3D, classes=3, per_class=6, val_per_class=2, seed=0):
+    """A patches.h5 in the layout of patches.extract_patches: each class a distinct smooth pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*(np.linspace(0, 1, n) for n in shape), indexing="ij")
+    patterns = [0.5 + 0.4 * np.sin((c + 1) * np.pi * grids[-1]) * np.cos((c + 1) * np.pi * grids[-2]) for c in range(3)]
+    with h5py.File(path, "w") as h5:
+        h5.attrs.update(seed=seed, config="{}")
+        for split, n in (("train", per_class), ("val", val_per_class)):
+            labels = np.repeat(np.arange(classes), n)
+            noise = rng.normal(0, 0.05, (len(labels), *shape))
+            patches = np.clip(np.stack([patterns[c % 3] for c in labels]) + noise, 0, 1)
+            group = h5.create_group(split)
+            group.create_dataset("patches", data=patches.astype(np.float16), chunks=(1, *shape))
+            group.create_dataset("labels", data=labels.astype(np.int64))
+    return path
+
+
+@pytest.fixture(scope="module")
+def patches_3d(tmp_path_factory):
+    return write_patches(tmp_path_factory.mktemp("p3") / "patches.h5")
+
+
+def settings(method="semantic_genesis", **changes):
+    return PretrainSettings(method=method, dims=3, transforms=TRANSFORMS, **{**FAST, **changes})
+
+
+def weights(folder):
+    return torch.load(folder / "weights.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_falls_and_exports(method, patches_3d, tmp_path):
+    history = pretrain(patches_3d, settings(method, max_epochs=4), tmp_path)
+    assert list(history.epoch) == [1, 2, 3, 4]
+    assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
+    spec = METHODS[method]
+    assert history.train_rec.notna().all() == spec.restoration and history.val_acc.notna().all() == spec.classification
+    for name in ("weights.pt", "encoder.pt", "architecture.json", "history.csv", "curves.png", "examples.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    encoder = load_pretrained(tmp_path, part="encoder")
+    bottleneck, skips = encoder(torch.rand(2, 1, *SHAPE_3D))
+    assert bottleneck.shape == (2, encoder.out_channels, 1, 2, 2) and len(skips) == 3
+    # Plain state dicts: a freshly built encoder takes encoder.pt with no key surgery.
+    Encoder3D(base_width=2).load_state_dict(torch.load(tmp_path / "encoder.pt", weights_only=True))
+    full = load_pretrained(tmp_path, part="full")
+    restored, logits = full(torch.rand(2, 1, *SHAPE_3D))
+    assert (restored is not None) == spec.restoration and (logits is not None) == spec.classification
+    if logits is not None:
+        assert logits.shape == (2, 3)
+    assert pd.read_csv(tmp_path / "history.csv").shape[0] == 4
+
+
+def test_classification_learns_the_discovered_classes(patches_3d, tmp_path):
+    run = settings("self_classification", max_epochs=10, lambda_cls=1.0, lr=0.003, base_width=4)
+    history = pretrain(patches_3d, run, tmp_path)
+    assert history.val_acc.max() == 1.0 and history.val_cls.min() < 0.5 * history.val_cls.iloc[0]
+
+
+def test_two_dimensional_pretraining(tmp_path):
+    path = write_patches(tmp_path / "patches.h5", shape=(32, 32))
+    history = pretrain(path, PretrainSettings(dims=2, transforms=TRANSFORMS, max_epochs=2, **FAST), tmp_path / "out")
+    assert len(history) == 2 and history.val_loss.notna().all()
+    encoder = load_pretrained(tmp_path / "out", part="encoder")
+    assert encoder(torch.rand(2, 1, 32, 32))[0].shape == (2, encoder.out_channels, 1, 1)
+    unet = load_pretrained(tmp_path / "out", part="unet")
+    assert unet(torch.rand(2, 1, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_resumed_run_equals_uninterrupted_run(patches_3d, tmp_path):
+    pretrain(patches_3d, settings(max_epochs=3), tmp_path / "whole")
+    pretrain(patches_3d, settings(max_epochs=2), tmp_path / "split")
+    # What a kill after epoch 2 leaves behind: the checkpoint, and no trustworthy final artifacts.
+    (tmp_path / "split" / "weights.pt").unlink()
+    resumed = pretrain(patches_3d, settings(max_epochs=3), tmp_path / "split")
+    whole, split = weights(tmp_path / "whole"), weights(tmp_path / "split")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    pd.testing.assert_frame_equal(
+        resumed.drop(columns=["seconds", "samples_per_s"]),
+        pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns=["seconds", "samples_per_s"]),
+    )
+
+
+def test_workers_do_not_change_the_result(patches_3d, tmp_path):
+    pretrain(patches_3d, settings(max_epochs=1), tmp_path / "main")
+    pretrain(patches_3d, settings(max_epochs=1, workers=2), tmp_path / "workers")
+    main, workers = weights(tmp_path / "main"), weights(tmp_path / "workers")
+    assert all(torch.equal(main[k], workers[k]) for k in main)
+
+
+def test_stale_checkpoint_is_an_error_unless_restarting(patches_3d, tmp_path):
+    pretrain(patches_3d, settings(max_epochs=1), tmp_path)
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        pretrain(patches_3d, settings(max_epochs=1, lr=0.002), tmp_path)
+    history = pretrain(patches_3d, settings(max_epochs=1, lr=0.002), tmp_path, restart_stale=True)
+    assert history.lr.iloc[0] == 0.002
+
+
+def test_validation_transforms_are_fixed_and_training_ones_change(patches_3d):
+    data = PatchDataset(patches_3d, "val", "models_genesis", TransformSettings(), seed=0, draw_only=False)
+    first, again = data[(0, 1)], data[(0, 1)]
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    other_epochs = [data[(epoch, 1)][0] for epoch in range(1, 6)]
+    assert any(not np.array_equal(first[0], x) for x in other_epochs)
+
+
+def test_dataset_reads_lazily_and_pickles_without_its_handle(patches_3d):
+    data = PatchDataset(patches_3d, "train", "identity", TransformSettings(), seed=0, draw_only=False)
+    assert data._h5 is None
+    item = data[(1, 4)]
+    with h5py.File(patches_3d) as h5:
+        np.testing.assert_array_equal(item[0], h5["train/patches"][4].astype(np.float32))
+    assert item[2] == h5py.File(patches_3d)["train/labels"][4]
+    assert data._h5 is not None and pickle.loads(pickle.dumps(data))._h5 is None
+
+
+def test_augmenting_on_the_device_path_trains(patches_3d, tmp_path):
+    history = pretrain(patches_3d, settings(max_epochs=2, augment="device"), tmp_path)
+    assert history.train_loss.notna().all() and np.isfinite(history.val_loss).all()
+
+
+def test_unknown_method_and_policy_are_named(patches_3d):
+    with pytest.raises(ValueError, match="method must be one of"):
+        PretrainSettings(method="semantic_genesys")
+    with pytest.raises(ValueError, match="restoration_policy"):
+        PretrainSettings(restoration_policy="paper")
+
+
+def test_transform_gallery_shows_every_transform(patches_3d, tmp_path):
+    out = tmp_path / "gallery.png"
+    transform_gallery(patches_3d, out, "models_genesis", TRANSFORMS)
+    assert out.stat().st_size > 10_000

@@ -1,0 +1,589 @@
+"""Pretraining on the self-discovered patches: self-restoration, self-classification or both, for every method.
+
+A method fixes which heads train and which transform policy makes the restoration task (METHODS). The data stay in
+patches.h5 and are read lazily, one file handle per DataLoader worker. A sample's transform depends only on
+(seed, epoch, index), and the batch order only on (seed, epoch), so a run resumed from its per-epoch checkpoint ends
+with the same weights as an uninterrupted one, whatever the number of workers. Validation uses epoch 0's draw every
+epoch: its transforms are fixed, so early stopping watches a loss that changes only with the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from .artifacts import atomic_path  # noqa: E402
+from .methods import METHODS, Method  # noqa: E402
+from .networks import GenesisNet, NetworkSettings, save_pretrained  # noqa: E402
+from .training import batches, improved, reproducible, resolve_device  # noqa: E402
+from .transforms import TransformSettings, apply, apply_batch, draw, draw_step, sample_generator  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+RESTORATION_POLICIES = ("models_genesis", "released")
+SCHEDULES = ("plateau", "step")
+HISTORY_COLUMNS = [
+    "epoch",
+    *(f"{split}_{name}" for split in ("train", "val") for name in ("loss", "rec", "cls", "acc")),
+    "lr",
+    "seconds",
+    "samples_per_s",
+]
+# Settings that may differ between a run and its resumption without changing what the run computes.
+RESUMABLE_CHANGES = {"max_epochs", "num_threads", "workers"}
+VALIDATION_EPOCH = 0  # training epochs count from 1, so the fixed validation draw never repeats a training draw
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """One pretraining run. Defaults are the paper's; execution settings (device .. num_threads) pick hardware.
+
+    augment "workers" applies transforms with numpy in the DataLoader workers, "device" with the batched torch path on
+    the training device (its noise comes from torch generators, so the two give different, equally valid draws);
+    "auto" takes "device" on a GPU. amp "auto" uses bfloat16 (float16 with loss scaling where bfloat16 is missing) on
+    a GPU and full precision on the CPU. workers -1 means 0 on the CPU, where the model needs every core, and up to 8
+    on a GPU.
+    """
+
+    method: str = "semantic_genesis"
+    dims: int = 3
+    restoration_policy: str = "models_genesis"
+    transforms: Mapping = field(default_factory=dict)
+    base_width: int = 32
+    head_width: int = 1024
+    batch_size: int = 8
+    lr: float = 1e-3
+    schedule: str = "plateau"
+    step_size: int = 40
+    decay_factor: float = 0.5
+    plateau_patience: int = 20
+    early_stopping_patience: int = 50
+    min_improvement: float = 1e-4
+    max_epochs: int = 10_000
+    lambda_rec: float = 1.0
+    lambda_cls: float = 0.01
+    seed: int = 0
+    device: str = "auto"
+    amp: str | bool = "auto"
+    augment: str = "auto"
+    workers: int = -1
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        """Reject unknown names before any data is read."""
+        choices = {
+            "method": (self.method, tuple(METHODS)),
+            "restoration_policy": (self.restoration_policy, RESTORATION_POLICIES),
+            "schedule": (self.schedule, SCHEDULES),
+            "amp": (self.amp, ("auto", True, False)),
+            "augment": (self.augment, ("auto", "workers", "device")),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+        if self.dims not in (2, 3):
+            raise ValueError(f"dims must be 2 or 3, not {self.dims}")
+        TransformSettings.from_dict(self.transforms)
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> PretrainSettings:
+        """Build from a mapping such as a merged config section, ignoring keys that are not settings."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    @property
+    def policy(self) -> str:
+        """The transform policy this method trains with."""
+        return METHODS[self.method].policy or self.restoration_policy
+
+    def network(self, num_classes: int) -> NetworkSettings:
+        """Network settings for this method with num_classes discovered classes."""
+        method = METHODS[self.method]
+        return NetworkSettings(
+            dims=self.dims,
+            base_width=self.base_width,
+            num_classes=num_classes if method.classification else 0,
+            head_width=self.head_width,
+            restoration=method.restoration,
+        )
+
+
+class PatchDataset(Dataset):
+    """One split of patches.h5, transformed on the fly; each DataLoader worker opens its own read-only handle.
+
+    Items are keyed (epoch, index). With draw_only the item holds the raw patch and its drawn plan, for the batched
+    torch path; otherwise the (input, target) pair made with numpy.
+    """
+
+    def __init__(
+        self, path: Path | str, split: str, policy: str, transforms: TransformSettings, seed: int, draw_only: bool
+    ):
+        self.path, self.split, self.policy, self.transforms = Path(path), split, policy, transforms
+        self.seed, self.draw_only = seed, draw_only
+        with h5py.File(self.path, "r") as h5:
+            self.labels = h5[split]["labels"][()]
+            self.shape = tuple(h5[split]["patches"].shape[1:])
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getstate__(self) -> dict:
+        # An open HDF5 handle must not travel into a worker process: each opens its own.
+        return {**self.__dict__, "_h5": None, "_pid": None}
+
+    def _patches(self) -> h5py.Dataset:
+        """The split's patch dataset through this process's own handle."""
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._h5[self.split]["patches"]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple:
+        epoch, index = key
+        patch = self._patches()[index].astype(np.float32)
+        plan = draw(self.policy, patch.shape, sample_generator(self.seed, epoch, index), self.transforms)
+        label = int(self.labels[index])
+        if self.draw_only:
+            return patch, plan, label
+        return (*apply(patch, plan), label)
+
+
+def collate(samples: Sequence[tuple]) -> dict:
+    """Stack a list of PatchDataset items into (N, 1, ...) tensors (plans stay a list)."""
+    first, second, labels = zip(*samples)
+    stacked = torch.from_numpy(np.stack(first))[:, None]
+    batch = {"label": torch.tensor(labels, dtype=torch.long)}
+    if isinstance(second[0], np.ndarray):
+        return {**batch, "input": stacked, "target": torch.from_numpy(np.stack(second))[:, None]}
+    return {**batch, "patch": stacked, "plans": list(second)}
+
+
+class EpochBatches(Sampler):
+    """Batches of (epoch, index) keys: the order is a function of (seed, epoch) alone; set .epoch before iterating."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool):
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.epoch = VALIDATION_EPOCH
+
+    def __iter__(self):
+        order = None
+        if self.shuffle:
+            order = torch.from_numpy(np.random.default_rng([self.seed, self.epoch]).permutation(self.n))
+        for part in batches(self.n, self.batch_size, order):
+            yield [(self.epoch, int(i)) for i in part]
+
+    def __len__(self) -> int:
+        return len(batches(self.n, self.batch_size))
+
+
+def patches_fingerprint(path: Path | str) -> str:
+    """Digest of what patches.h5 was made from (its recorded config and seed) and of its labels and shapes."""
+    digest = hashlib.blake2b(digest_size=16)
+    with h5py.File(path, "r") as h5:
+        digest.update(json.dumps({k: str(v) for k, v in sorted(h5.attrs.items())}).encode())
+        for split in ("train", "val"):
+            digest.update(repr(h5[split]["patches"].shape).encode())
+            digest.update(h5[split]["labels"][()].tobytes())
+    return digest.hexdigest()
+
+
+def _amp_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for full precision."""
+    if amp is False or (amp == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+class _Totals:
+    """Sample-weighted sums of the loss terms and correct classifications over one pass."""
+
+    def __init__(self):
+        self.n, self.rec, self.cls, self.correct = 0, 0.0, 0.0, 0
+
+    def add(self, n: int, rec: torch.Tensor, cls: torch.Tensor, correct: int) -> None:
+        self.n += n
+        self.rec += rec.item() * n
+        self.cls += cls.item() * n
+        self.correct += correct
+
+    def summary(self, settings: PretrainSettings, method: Method) -> dict[str, float]:
+        """Mean restoration MSE, cross-entropy, weighted loss and accuracy (NaN where a head is absent)."""
+        if self.n == 0:
+            return {"loss": float("nan"), "rec": float("nan"), "cls": float("nan"), "acc": float("nan")}
+        rec, cls = self.rec / self.n, self.cls / self.n
+        loss = settings.lambda_rec * rec * method.restoration + settings.lambda_cls * cls * method.classification
+        return {
+            "loss": loss,
+            "rec": rec if method.restoration else float("nan"),
+            "cls": cls if method.classification else float("nan"),
+            "acc": self.correct / self.n if method.classification else float("nan"),
+        }
+
+
+class Pretrainer:
+    """The model, its optimiser and data of one pretraining run, with the per-batch work they share."""
+
+    def __init__(self, patches_h5: Path | str, settings: PretrainSettings):
+        self.settings, self.method = settings, METHODS[settings.method]
+        self.device = resolve_device(settings.device)
+        self.amp = _amp_dtype(settings.amp, self.device)
+        on_device = settings.augment == "device" or (settings.augment == "auto" and self.device.type == "cuda")
+        transforms = TransformSettings.from_dict(settings.transforms)
+        self.data = {
+            split: PatchDataset(patches_h5, split, settings.policy, transforms, settings.seed, draw_only=on_device)
+            for split in ("train", "val")
+        }
+        num_classes = int(max(self.data["train"].labels.max(initial=-1), self.data["val"].labels.max(initial=-1))) + 1
+        torch.manual_seed(settings.seed)
+        self.model = GenesisNet(settings.network(num_classes)).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        if settings.schedule == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer,
+                factor=settings.decay_factor,
+                patience=settings.plateau_patience,
+                threshold=settings.min_improvement,
+            )
+        else:
+            self.scheduler = torch.optim.lr_scheduler.StepLR(
+                self.optimizer, step_size=settings.step_size, gamma=settings.decay_factor
+            )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        workers = settings.workers if settings.workers >= 0 else (min(8, os.cpu_count() or 1) if on_device else 0)
+        self.samplers = {
+            split: EpochBatches(len(data), settings.batch_size, settings.seed, shuffle=split == "train")
+            for split, data in self.data.items()
+        }
+        self.loaders = {
+            split: DataLoader(
+                data,
+                batch_sampler=self.samplers[split],
+                collate_fn=collate,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                pin_memory=self.device.type == "cuda",
+            )
+            for split, data in self.data.items()
+            if len(data)
+        }
+
+    def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input, target, label) of a collated batch on the device, transformed there if it came untransformed."""
+        labels = batch["label"].to(self.device, non_blocking=True)
+        if "plans" in batch:
+            inputs, targets = apply_batch(batch["patch"].to(self.device, non_blocking=True), batch["plans"])
+            return inputs, targets, labels
+        return batch["input"].to(self.device, non_blocking=True), batch["target"].to(self.device), labels
+
+    def losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """Weighted loss, restoration MSE, cross-entropy, correct count and the restoration of one batch."""
+        inputs, targets, labels = self.inputs(batch)
+        zero = torch.zeros((), device=self.device)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            restored, logits = self.model(inputs)
+        # The losses run in float32 whatever the autocast dtype: cross-entropy on logits, never log(softmax).
+        rec = F.mse_loss(restored.float(), targets) if restored is not None else zero
+        cls = F.cross_entropy(logits.float(), labels) if logits is not None else zero
+        correct = int((logits.argmax(1) == labels).sum()) if logits is not None else 0
+        loss = self.settings.lambda_rec * rec + self.settings.lambda_cls * cls
+        return loss, rec.detach(), cls.detach(), correct, restored
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training patches in the order of (seed, epoch)."""
+        self.model.train()
+        self.samplers["train"].epoch = epoch
+        totals = _Totals()
+        for batch in tqdm(self.loaders["train"], desc=f"epoch {epoch}", unit="batch", leave=False):
+            loss, rec, cls, correct, _ = self.losses(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            totals.add(len(batch["label"]), rec, cls, correct)
+        return totals.summary(self.settings, self.method)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Losses and accuracy on the validation patches with their fixed transforms, in eval mode."""
+        self.model.eval()
+        totals = _Totals()
+        for batch in self.loaders.get("val", []):
+            _, rec, cls, correct, _ = self.losses(batch)
+            totals.add(len(batch["label"]), rec, cls, correct)
+        return totals.summary(self.settings, self.method)
+
+    def state(self) -> dict:
+        """Everything a resumed run needs besides the epoch bookkeeping."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state(self, saved: dict) -> None:
+        """Restore what state() returned."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+
+
+def _resume_problem(saved: dict, settings: PretrainSettings, fingerprint: str) -> str | None:
+    """Why a checkpoint must not be resumed (other settings or other patches), or None."""
+    changed = {k for k, v in asdict(settings).items() if saved["settings"].get(k) != v} - RESUMABLE_CHANGES
+    if changed:
+        return f"was written with other settings ({', '.join(sorted(changed))})"
+    if saved["fingerprint"] != fingerprint:
+        return "was written for other patches"
+    return None
+
+
+def pretrain(
+    patches_h5: Path | str, settings: PretrainSettings, out_dir: Path | str, restart_stale: bool = False
+) -> pd.DataFrame:
+    """Pretrain one method on patches.h5, resuming from out_dir/checkpoint.pt; return the epoch history.
+
+    Writes checkpoint.pt every epoch, then the best epoch's weights (weights.pt, encoder.pt, architecture.json; load
+    them with networks.load_pretrained), history.csv, curves.png and examples.png. A checkpoint of other settings or
+    patches is an error, or with restart_stale (a workflow rerun after a config change) it is discarded.
+    """
+    out_dir = Path(out_dir)
+    fingerprint = patches_fingerprint(patches_h5)
+    with reproducible(settings.num_threads):
+        run = Pretrainer(patches_h5, settings)
+        if not len(run.data["train"]):
+            raise ValueError(f"{patches_h5} holds no training patches")
+        log.info(
+            "%s: %s policy, %d train / %d val patches of %s, %d classes, %s parameters, device %s%s",
+            settings.method,
+            settings.policy,
+            len(run.data["train"]),
+            len(run.data["val"]),
+            "x".join(map(str, run.data["train"].shape)),
+            run.model.settings.num_classes,
+            f"{sum(p.numel() for p in run.model.parameters()):,}",
+            run.device,
+            f" ({run.amp} autocast)" if run.amp else "",
+        )
+        state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "stopped": False, "history": []}
+        best_weights = copy.deepcopy(run.model.state_dict())
+        checkpoint = out_dir / "checkpoint.pt"
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.exists() else None
+        problem = _resume_problem(saved, settings, fingerprint) if saved is not None else None
+        if problem and not restart_stale:
+            raise ValueError(f"{checkpoint} {problem}; delete it to restart")
+        if problem:
+            log.warning("%s %s: starting afresh", checkpoint, problem)
+            saved = None
+        if saved is not None:
+            run.load_state(saved)
+            best_weights, state = saved["best_weights"], saved["state"]
+            log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
+
+        monitored = "val" if len(run.data["val"]) else "train"
+        last = state["epoch"] if state["stopped"] else settings.max_epochs
+        progress = tqdm(range(state["epoch"], last), initial=state["epoch"], total=settings.max_epochs, unit="epoch")
+        for epoch in progress:
+            start, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
+            train = run.train_epoch(epoch + 1)
+            seconds = time.perf_counter() - start
+            val = run.validate()
+            watched = val["loss"] if monitored == "val" else train["loss"]
+            if settings.schedule == "plateau":
+                run.scheduler.step(watched)
+            else:
+                run.scheduler.step()
+            if improved(watched, state["best_loss"], settings.min_improvement):
+                state.update(best_loss=watched, best_epoch=epoch + 1)
+                best_weights = copy.deepcopy(run.model.state_dict())
+            state["stopped"] = epoch + 1 - state["best_epoch"] >= settings.early_stopping_patience
+            state["epoch"] = epoch + 1
+            row = {"epoch": epoch + 1, "lr": lr, "seconds": seconds, "samples_per_s": len(run.data["train"]) / seconds}
+            row |= {f"train_{k}": v for k, v in train.items()} | {f"val_{k}": v for k, v in val.items()}
+            state["history"].append(row)
+            progress.set_postfix(train=f"{train['loss']:.4g}", val=f"{val['loss']:.4g}")
+            log.info(
+                "epoch %d/%d: train loss %.5f (rec %.5f, cls %.4f, acc %.3f), val loss %.5f (rec %.5f, cls %.4f, "
+                "acc %.3f), lr %.3g, %.1f s, %.1f samples/s%s",
+                epoch + 1,
+                settings.max_epochs,
+                *(train[k] for k in ("loss", "rec", "cls", "acc")),
+                *(val[k] for k in ("loss", "rec", "cls", "acc")),
+                lr,
+                seconds,
+                row["samples_per_s"],
+                " (best)" if state["best_epoch"] == epoch + 1 else "",
+            )
+            with atomic_path(checkpoint) as tmp:
+                extra = {"settings": asdict(settings), "fingerprint": fingerprint}
+                torch.save({**run.state(), **extra, "best_weights": best_weights, "state": state}, tmp)
+            if state["stopped"]:
+                log.info(
+                    "early stopping: no %s-loss improvement for %d epochs", monitored, settings.early_stopping_patience
+                )
+                break
+        progress.close()
+
+        log.info("best %s loss %.6f at epoch %d", monitored, state["best_loss"], state["best_epoch"])
+        run.model.load_state_dict(best_weights)
+        history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
+        best = history[history.epoch == state["best_epoch"]].to_dict("records")
+        extra = {
+            "method": settings.method,
+            "policy": settings.policy,
+            "best_epoch": state["best_epoch"],
+            "best": best[0] if best else {},
+            "settings": asdict(settings),
+            "patches": str(patches_h5),
+            "patches_fingerprint": fingerprint,
+        }
+        save_pretrained(run.model, out_dir, extra=json.loads(json.dumps(extra, default=str)))
+        with atomic_path(out_dir / "history.csv") as tmp:
+            history.to_csv(tmp, index=False)
+        plot_curves(history, settings.method, out_dir / "curves.png")
+        plot_examples(run, out_dir / "examples.png")
+    return history
+
+
+def plot_curves(history: pd.DataFrame, method: str, out_png: Path | str) -> None:
+    """Loss (log scale) and classification accuracy per epoch, training and validation."""
+    has_acc = history.train_acc.notna().any()
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8), squeeze=False)
+    panels = [("loss", "loss (lambda-weighted)", True)] + (
+        [("acc", "classification accuracy", False)] if has_acc else []
+    )
+    for ax, (name, label, log_scale) in zip(axes[0], panels):
+        for split in ("train", "val"):
+            values = history[f"{split}_{name}"]
+            if values.notna().any():
+                (ax.semilogy if log_scale else ax.plot)(history.epoch, values, label=split)
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+    fig.suptitle(f"pretraining: {method}")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def _middle(array: np.ndarray) -> np.ndarray:
+    """The mid axial slice of a 3D patch, or the 2D patch itself."""
+    return array[len(array) // 2] if array.ndim == 3 else array
+
+
+@torch.no_grad()
+def plot_examples(run: Pretrainer, out_png: Path | str, count: int = 4) -> None:
+    """Validation restorations (transformed input, restoration, target) or, without a decoder, the confusion matrix."""
+    data = run.data["val"] if len(run.data["val"]) else run.data["train"]
+    run.model.eval()
+    picks = np.linspace(0, len(data) - 1, min(count, len(data))).round().astype(int)
+    batch = collate([data[(VALIDATION_EPOCH, int(i))] for i in picks])
+    inputs, targets, labels = run.inputs(batch)
+    restored, logits = run.model(inputs)
+    if restored is not None:
+        columns = [("input", inputs), ("restoration", restored), ("target", targets)]
+        fig, axes = plt.subplots(len(picks), 3, figsize=(6, 2 * len(picks)), squeeze=False)
+        for c, (title, images) in enumerate(columns):
+            for r in range(len(picks)):
+                ax = axes[r, c]
+                ax.imshow(_middle(images[r, 0].float().cpu().numpy()), cmap="gray", vmin=0, vmax=1)
+                ax.axis("off")
+                if r == 0:
+                    ax.set_title(title, fontsize=9)
+            if logits is not None:
+                for r in range(len(picks)):
+                    axes[r, 0].text(
+                        1, 1, f"class {int(labels[r])} -> {int(logits[r].argmax())}", color="yellow", fontsize=7
+                    )
+    else:
+        # Without a decoder the interesting output is which classes the head confuses.
+        run.samplers["val" if len(run.data["val"]) else "train"].epoch = VALIDATION_EPOCH
+        truth, predicted = [], []
+        for batch in run.loaders["val" if len(run.data["val"]) else "train"]:
+            inputs, _, labels = run.inputs(batch)
+            truth.append(labels.cpu())
+            predicted.append(run.model(inputs)[1].argmax(1).cpu())
+        classes = run.model.settings.num_classes
+        matrix = np.zeros((classes, classes), int)
+        np.add.at(matrix, (torch.cat(truth).numpy(), torch.cat(predicted).numpy()), 1)
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        image = ax.imshow(matrix, cmap="viridis")
+        fig.colorbar(image, ax=ax, label="patches")
+        ax.set(xlabel="predicted class", ylabel="true class", title="self-classification on validation patches")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+
+
+GALLERY_STEPS = {
+    "flip": "flip",
+    "local pixel shuffling": "local_shuffle",
+    "non-linear": "nonlinear",
+    "in-painting": "inpaint",
+    "out-painting": "outpaint",
+    "elastic": "elastic",
+    "patch shuffling": "patch_shuffle",
+}
+
+
+def transform_gallery(
+    patches_h5: Path | str,
+    out_png: Path | str,
+    restoration_policy: str,
+    transforms: Mapping,
+    rows: int = 3,
+    seed: int = 0,
+) -> None:
+    """Validation patches (rows) unchanged, under each transform alone and under the whole policy (the paper's Fig. 4).
+
+    3D patches show their mid axial slice."""
+    settings = TransformSettings.from_dict(transforms)
+    with h5py.File(patches_h5, "r") as h5:
+        group = h5["val"] if len(h5["val/labels"]) else h5["train"]
+        picks = np.linspace(0, len(group["labels"]) - 1, min(rows, len(group["labels"]))).round().astype(int)
+        patches = [group["patches"][int(i)].astype(np.float32) for i in np.unique(picks)]
+    titles = ["original", *GALLERY_STEPS, f"{restoration_policy} policy"]
+    fig, axes = plt.subplots(len(patches), len(titles), figsize=(1.6 * len(titles), 1.7 * len(patches)), squeeze=False)
+    for r, patch in enumerate(patches):
+        rng = sample_generator(seed, VALIDATION_EPOCH, r)
+        plans = [(), *(((step, draw_step(step, patch.shape, rng, settings)),) for step in GALLERY_STEPS.values())]
+        plans.append(draw(restoration_policy, patch.shape, rng, settings))
+        for c, plan in enumerate(plans):
+            ax = axes[r, c]
+            ax.imshow(_middle(apply(patch, plan)[0]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=8)
+    fig.suptitle("Self-restoration transforms: each alone, then the policy (network input; the target is the original)")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,48 @@
+"""Pieces every training loop of the package shares: reproducible kernels, batching, improvement test, device."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def reproducible(num_threads: int) -> Iterator[None]:
+    """Deterministic kernels and a fixed thread count for one training run; the global flags are restored after."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    # warn_only: on GPUs some kernels have no deterministic variant; CPU training is exactly reproducible regardless.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+
+
+def batches(n: int, batch_size: int, order: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Index batches of at most batch_size; a lone last sample joins the previous batch."""
+    order = torch.arange(n) if order is None else order
+    parts = list(order.split(batch_size))
+    # Batch norm in training mode cannot normalise one value per channel (one sample at a 1-voxel bottleneck).
+    if len(parts) > 1 and len(parts[-1]) == 1:
+        parts[-2:] = [torch.cat(parts[-2:])]
+    return parts
+
+
+def improved(loss: float, best: float, min_improvement: float) -> bool:
+    """Whether loss beats best by the same relative threshold ReduceLROnPlateau uses."""
+    return loss < best * (1 - min_improvement)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The requested device; "auto" takes the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but PyTorch sees no CUDA GPU")
+    return device

@@ -1,0 +1,681 @@
+"""Self-restoration transforms (Models Genesis / Semantic Genesis): numpy per sample, torch per batch (CPU or GPU).
+
+Patches are float arrays in [0, 1] indexed [z, y, x] (3D) or [y, x] (2D); every rule applies to each spatial axis.
+Drawing is separate from applying: `draw` turns a policy and a random generator into a `Plan` (`draw_step`: one step's
+params), and `apply` is a pure function of (patch, plan). Steps that need many random numbers (pixel permutations,
+noise) carry an integer seed and derive them from it, so a plan stays small and replays to the same bytes. Local
+shuffling draws window sizes and positions from float32 uniforms (floor(u * n)), and permutes by sorting random keys.
+
+A `Plan` is a tuple of (step name, frozen params) pairs, applied in order to the network input; "flip" steps act on the
+restoration target too, which starts as the patch. The empty plan is the identity. Steps:
+
+- "flip" `Flip`: mirror spatial axes (the original flipped the channel axis instead of depth; we flip any spatial axis).
+- "local_shuffle" `LocalShuffle`: many small windows, each refilled with a permutation of the input's window voxels.
+- "nonlinear" `NonLinear`: monotone Bezier intensity map (increasing, or decreasing when inverted).
+- "inpaint" `Paint`: blocks filled with uniform noise.
+- "outpaint" `Paint`: everything uniform noise except windows kept from the input.
+- "elastic" `Elastic`: in-plane (y, x) elastic deformation, one displacement for every slice.
+- "patch_shuffle" `PatchShuffle`: swaps of two non-overlapping patches (context restoration, Chen et al. 2019).
+
+Policies: "identity"; "models_genesis" (the paper: flip -> local shuffle -> non-linear -> in-/out-painting); "released"
+(the released Semantic Genesis code: elastic, then one of local shuffle, non-linear, in-painting, out-painting; target =
+the patch before deformation; no flips); "inpainting" (Pathak et al., at least one block); "patch_shuffling".
+
+The Bezier control points are (0, 0), (x1, y1), (x2, y2), (1, 1) with four independent uniform numbers, as in the
+original code; points on the diagonal (r1, r1), (r2, r2) would make the map the identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from functools import lru_cache, reduce
+from math import prod
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+POLICIES: tuple[str, ...] = ("identity", "models_genesis", "released", "inpainting", "patch_shuffling")
+Plan = tuple[tuple[str, Any], ...]
+
+# Intervals of the non-linear map's lookup table, and Bezier samples it is resampled from (max error ~1e-4).
+LUT_SIZE = 1024
+BEZIER_SAMPLES = 2048
+# Samples per torch local-shuffle chunk: bounds memory at about 250k index entries per sample.
+SHUFFLE_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class TransformSettings:
+    """Probabilities and constants of the transforms; defaults are the spec's (Models Genesis) values."""
+
+    flip_prob: float = 0.4
+    max_flips: int = 3
+    local_shuffle_prob: float = 0.5
+    shuffle_windows: int = 10_000
+    shuffle_window_divisor: int = 10  # window side uniform in [1, dim // 10] per axis (at least 1)
+    nonlinear_prob: float = 0.9
+    invert_prob: float = 0.5
+    paint_prob: float = 0.9
+    inpaint_prob: float = 0.2  # given painting; out-painting otherwise
+    paint_continue_prob: float = 0.95  # another in-painting block / out-painting window while rand < this
+    inpaint_max_blocks: int = 5
+    inpaint_size_divisors: tuple[int, int] = (6, 3)  # block side uniform in [dim // 6, dim // 3]
+    paint_margin: int = 3  # blocks and windows start in [3, dim - size - 3]
+    outpaint_extra_windows: int = 4
+    outpaint_cut_sevenths: tuple[int, int] = (3, 4)  # window side = dim - uniform[3 * dim // 7, 4 * dim // 7]
+    elastic_alpha: float = 991.0
+    elastic_sigma: float = 8.0
+    patch_swaps: int = 10  # context restoration: swaps of two non-overlapping patches
+    swap_patch_fraction: float = 0.125  # swapped patch side = max(1, int(dim * fraction)) per axis
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> TransformSettings:
+        """Settings from a config mapping; unknown keys are ignored and lists become tuples."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box of voxels: first index and side per spatial axis."""
+
+    start: tuple[int, ...]
+    size: tuple[int, ...]
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        """Numpy index of the box."""
+        return tuple(slice(a, a + n) for a, n in zip(self.start, self.size))
+
+
+@dataclass(frozen=True)
+class Flip:
+    """Spatial axes mirrored in turn (an axis flipped twice is unchanged)."""
+
+    axes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LocalShuffle:
+    """`windows` boxes of side uniform in [1, max_size] per axis; boxes and permutations derive from `seed`."""
+
+    seed: int
+    windows: int
+    max_size: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NonLinear:
+    """Bezier control points (x1, y1), (x2, y2) between (0, 0) and (1, 1); `inverted` makes the map decreasing."""
+
+    control: tuple[float, float, float, float]
+    inverted: bool
+
+
+@dataclass(frozen=True)
+class Paint:
+    """Boxes filled with noise (in-painting) or kept from the input (out-painting); the noise derives from `seed`."""
+
+    boxes: tuple[Box, ...]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Elastic:
+    """In-plane displacement: uniform [-1, 1] noise from `seed`, Gaussian-smoothed with `sigma`, scaled by `alpha`."""
+
+    seed: int
+    alpha: float
+    sigma: float
+
+
+@dataclass(frozen=True)
+class PatchShuffle:
+    """Patches of side `size` swapped pairwise in order; the two starts of a pair never overlap."""
+
+    size: tuple[int, ...]
+    pairs: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one sample: depends only on (seed, epoch, index), not on DataLoader workers."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, index]))
+
+
+# ---- drawing -------------------------------------------------------------------------------------------------------
+
+
+def _seed(rng: np.random.Generator) -> int:
+    """A fresh integer seed for a step's own random numbers."""
+    return int(rng.integers(2**63))
+
+
+def _start(rng: np.random.Generator, shape: Sequence[int], size: Sequence[int], margin: int) -> tuple[int, ...]:
+    """Start uniform in [margin, dim - size - margin] per axis, the margin shrunk where the axis is too short."""
+    room = np.asarray(shape) - np.asarray(size)
+    lo = np.minimum(margin, room)
+    hi = np.maximum(lo, room - margin)
+    return tuple(rng.integers(lo, hi + 1).tolist())
+
+
+def _draw_flip(
+    shape: Sequence[int], rng: np.random.Generator, s: TransformSettings, at_least_one: bool = False
+) -> Flip | None:
+    """Up to max_flips axes, another while rand < flip_prob."""
+    axes: list[int] = []
+    while len(axes) < s.max_flips and ((at_least_one and not axes) or rng.random() < s.flip_prob):
+        axes.append(int(rng.integers(len(shape))))
+    return Flip(tuple(axes)) if axes else None
+
+
+def _draw_local_shuffle(shape: Sequence[int], rng: np.random.Generator, s: TransformSettings) -> LocalShuffle:
+    """Window count and per-axis maximum side; the windows themselves derive from the seed."""
+    max_size = tuple(max(1, d // s.shuffle_window_divisor) for d in shape)
+    return LocalShuffle(_seed(rng), s.shuffle_windows, max_size)
+
+
+def _draw_nonlinear(rng: np.random.Generator, s: TransformSettings) -> NonLinear:
+    """Four uniform control coordinates; inverted with invert_prob."""
+    control = tuple(rng.random(4).tolist())
+    return NonLinear(control, bool(rng.random() < s.invert_prob))
+
+
+def _draw_inpaint(
+    shape: Sequence[int], rng: np.random.Generator, s: TransformSettings, at_least_one: bool = False
+) -> Paint:
+    """Up to inpaint_max_blocks blocks, another while rand < paint_continue_prob."""
+    lo_div, hi_div = s.inpaint_size_divisors
+    boxes = []
+    while len(boxes) < s.inpaint_max_blocks and ((at_least_one and not boxes) or rng.random() < s.paint_continue_prob):
+        lo = np.maximum(1, np.asarray(shape) // lo_div)
+        size = tuple(rng.integers(lo, np.maximum(lo, np.asarray(shape) // hi_div) + 1).tolist())
+        boxes.append(Box(_start(rng, shape, size, s.paint_margin), size))
+    return Paint(tuple(boxes), _seed(rng))
+
+
+def _draw_outpaint(shape: Sequence[int], rng: np.random.Generator, s: TransformSettings) -> Paint:
+    """One kept window, then up to outpaint_extra_windows more while rand < paint_continue_prob."""
+    lo, hi = (np.asarray(shape) * k // 7 for k in s.outpaint_cut_sevenths)
+    boxes = []
+    while not boxes or (len(boxes) <= s.outpaint_extra_windows and rng.random() < s.paint_continue_prob):
+        size = tuple(np.maximum(1, np.asarray(shape) - rng.integers(lo, hi + 1)).tolist())
+        boxes.append(Box(_start(rng, shape, size, s.paint_margin), size))
+    return Paint(tuple(boxes), _seed(rng))
+
+
+def _draw_patch_shuffle(shape: Sequence[int], rng: np.random.Generator, s: TransformSettings) -> PatchShuffle:
+    """patch_swaps pairs of disjoint patches, the second start redrawn until it does not overlap the first."""
+    dims = np.asarray(shape)
+    size = np.maximum(1, (dims * s.swap_patch_fraction).astype(int))
+    if not np.any(2 * size <= dims):
+        raise ValueError(f"swap patches of side {size.tolist()} cannot be disjoint in {tuple(shape)}")
+    pairs = []
+    for _ in range(s.patch_swaps):
+        a = rng.integers(0, dims - size + 1)
+        b = rng.integers(0, dims - size + 1)
+        while np.all(np.abs(a - b) < size):
+            b = rng.integers(0, dims - size + 1)
+        pairs.append((tuple(a.tolist()), tuple(b.tolist())))
+    return PatchShuffle(tuple(size.tolist()), tuple(pairs))
+
+
+def _draw_paint(shape: Sequence[int], rng: np.random.Generator, s: TransformSettings) -> tuple[str, Paint]:
+    """In-painting with inpaint_prob, else out-painting."""
+    if rng.random() < s.inpaint_prob:
+        return "inpaint", _draw_inpaint(shape, rng, s)
+    return "outpaint", _draw_outpaint(shape, rng, s)
+
+
+def draw_step(
+    step: str, shape: tuple[int, ...], rng: np.random.Generator, settings: TransformSettings = TransformSettings()
+) -> Any:
+    """Params of one step drawn as the policies do, but always doing something (a flip mirrors at least one axis)."""
+    s = settings
+    draws: dict[str, Callable[[], Any]] = {
+        "flip": lambda: _draw_flip(shape, rng, s, at_least_one=True),
+        "local_shuffle": lambda: _draw_local_shuffle(shape, rng, s),
+        "nonlinear": lambda: _draw_nonlinear(rng, s),
+        "inpaint": lambda: _draw_inpaint(shape, rng, s, at_least_one=True),
+        "outpaint": lambda: _draw_outpaint(shape, rng, s),
+        "elastic": lambda: Elastic(_seed(rng), s.elastic_alpha, s.elastic_sigma),
+        "patch_shuffle": lambda: _draw_patch_shuffle(shape, rng, s),
+    }
+    if step not in draws:
+        raise ValueError(f"unknown step {step!r}; expected one of {tuple(draws)}")
+    return draws[step]()
+
+
+def draw(
+    policy: str, shape: tuple[int, ...], rng: np.random.Generator, settings: TransformSettings = TransformSettings()
+) -> Plan:
+    """The random steps of one sample for a patch of spatial `shape` (2D or 3D)."""
+    s = settings
+    if policy == "identity":
+        return ()
+    if policy == "models_genesis":
+        steps: list[tuple[str, Any]] = []
+        flip = _draw_flip(shape, rng, s)
+        if flip is not None:
+            steps.append(("flip", flip))
+        if rng.random() < s.local_shuffle_prob:
+            steps.append(("local_shuffle", _draw_local_shuffle(shape, rng, s)))
+        if rng.random() < s.nonlinear_prob:
+            steps.append(("nonlinear", _draw_nonlinear(rng, s)))
+        if rng.random() < s.paint_prob:
+            steps.append(_draw_paint(shape, rng, s))
+        return tuple(steps)
+    if policy == "released":
+        elastic = ("elastic", Elastic(_seed(rng), s.elastic_alpha, s.elastic_sigma))
+        choice = int(rng.integers(4))
+        if choice == 0:
+            return elastic, ("local_shuffle", _draw_local_shuffle(shape, rng, s))
+        if choice == 1:
+            return elastic, ("nonlinear", _draw_nonlinear(rng, s))
+        if choice == 2:
+            return elastic, ("inpaint", _draw_inpaint(shape, rng, s))
+        return elastic, ("outpaint", _draw_outpaint(shape, rng, s))
+    if policy == "inpainting":
+        return (("inpaint", _draw_inpaint(shape, rng, s, at_least_one=True)),)
+    if policy == "patch_shuffling":
+        return (("patch_shuffle", _draw_patch_shuffle(shape, rng, s)),)
+    raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
+
+
+# ---- numpy steps ---------------------------------------------------------------------------------------------------
+
+
+def _odd_axes(axes: Sequence[int]) -> tuple[int, ...]:
+    """Axes flipped an odd number of times: the only ones that change anything."""
+    return tuple(a for a in sorted(set(axes)) if axes.count(a) % 2)
+
+
+def flip(x: np.ndarray, p: Flip) -> np.ndarray:
+    """Mirror the spatial axes of `p`."""
+    odd = _odd_axes(p.axes)
+    return np.ascontiguousarray(np.flip(x, odd)) if odd else x
+
+
+def shuffle_boxes(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, sizes), each (windows, ndim) int64: the local-shuffle windows in drawing order."""
+    u = np.random.default_rng([p.seed, 0]).random((2, p.windows, len(shape)), dtype=np.float32)
+    sizes = 1 + (u[0] * np.asarray(p.max_size)).astype(np.int64)
+    starts = (u[1] * (np.asarray(shape) - sizes + 1)).astype(np.int64)
+    return starts, sizes
+
+
+def _strides(shape: Sequence[int]) -> np.ndarray:
+    """Element strides of a C-ordered array."""
+    return np.cumprod((*shape[1:], 1)[::-1])[::-1].copy()
+
+
+@lru_cache(maxsize=16)
+def _box_offsets(shape: tuple[int, ...], max_size: tuple[int, ...]) -> np.ndarray:
+    """Flat offsets of every box side up to max_size inside `shape`: row = mixed-radix code of (size - 1), padded."""
+    strides = _strides(shape)
+    table = np.zeros((prod(max_size), prod(max_size)), dtype=np.int64)
+    for code, size in enumerate(np.ndindex(*max_size)):
+        offsets = np.indices(np.asarray(size) + 1).reshape(len(shape), -1).T @ strides
+        table[code, : offsets.size] = offsets
+    return table
+
+
+def _shuffle_work(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, ...]:
+    """dest, src, window of `shuffle_pairs`, a spare row and a voxel-sized owner map, all in one buffer.
+
+    One allocation, large enough for transparent huge pages, costs far fewer page faults than many (the main cost
+    of this step when each array is allocated separately).
+
+    Windows are laid out grouped by voxel count, so a group is one (windows, count) block. A window's permutation is
+    the order of random keys: uniform doubles viewed as uint64 (same order), their low bits replaced by the voxel
+    index, so one in-place row sort both shuffles and carries the source voxel.
+    """
+    starts, sizes = shuffle_boxes(shape, p)
+    base = starts @ _strides(shape)
+    code = (sizes - 1) @ _strides(p.max_size)
+    count = reduce(np.multiply, sizes.T)  # faster than prod(axis=1) on short rows
+    table = _box_offsets(tuple(shape), tuple(p.max_size))
+    order = np.argsort(count.astype(np.min_scalar_type(prod(p.max_size))), kind="stable")  # radix sort if small
+    total = int(count.sum())
+    work = np.empty(4 * total + prod(shape), dtype=np.int64)
+    dest, src, window, spare = work[: 4 * total].reshape(4, total)
+    # Window ids and the owner map are int32: half the memory traffic of the owner resolution.
+    window, spare, owner = window.view(np.int32)[:total], spare.view(np.int32)[:total], work[4 * total :].view(np.int32)
+    key = src.view(np.uint64)
+    np.random.default_rng([p.seed, 1]).random(out=src.view(np.float64))
+    bits = max(1, (prod(shape) - 1).bit_length())
+    key &= np.uint64(2**64 - 2**bits)
+    lo = 0
+    for group in np.split(order, np.flatnonzero(np.diff(count[order])) + 1):
+        k = int(count[group[0]])
+        hi = lo + k * len(group)
+        voxels = dest[lo:hi].reshape(-1, k)
+        np.add(base[group, None], table[code[group], :k], out=voxels)
+        window[lo:hi].reshape(-1, k)[...] = group[:, None]
+        keys = key[lo:hi].reshape(-1, k)
+        keys |= voxels.view(np.uint64)
+        keys.sort(axis=1)
+        lo = hi
+    key &= np.uint64(2**bits - 1)
+    return dest, src, window, spare, owner[: prod(shape)]
+
+
+def shuffle_pairs(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dest, src, window): every window voxel, the voxel its value comes from, and its window's drawing index.
+
+    Within a window, src is a uniform permutation of dest. Entries are grouped by window size, not in drawing order.
+    """
+    return _shuffle_work(shape, p)[:3]
+
+
+def local_shuffle(x: np.ndarray, p: LocalShuffle) -> np.ndarray:
+    """Write each window's permuted input voxels to the output; a voxel keeps the value of the last window over it."""
+    dest, src, window, spare, owner = _shuffle_work(x.shape, p)
+    # Duplicate-index assignment order is undefined in numpy, so resolve "later wins" with an explicit owner map.
+    owner.fill(-1)
+    np.maximum.at(owner, dest, window)
+    kept = np.flatnonzero(np.equal(np.take(owner, dest, out=spare), window))
+    out = x.copy()
+    out.reshape(-1)[dest[kept]] = x.reshape(-1)[src[kept]]
+    return out
+
+
+def bezier_lut(p: NonLinear) -> np.ndarray:
+    """The intensity map sampled at i / LUT_SIZE, i = 0..LUT_SIZE (float32)."""
+    x1, y1, x2, y2 = p.control
+    t = np.linspace(0.0, 1.0, BEZIER_SAMPLES)
+    basis = np.stack([3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3])
+    # x(t) and y(t) are monotone for control points in [0, 1]; sorting only removes rounding wiggles.
+    xs = np.sort(np.array([x1, x2, 1.0]) @ basis)
+    ys = np.sort(np.array([y1, y2, 1.0]) @ basis)
+    if p.inverted:
+        ys = ys[::-1]
+    return np.interp(np.linspace(0.0, 1.0, LUT_SIZE + 1), xs, ys).astype(np.float32)
+
+
+def nonlinear(x: np.ndarray, p: NonLinear) -> np.ndarray:
+    """Map intensities through the Bezier lookup table with linear interpolation."""
+    lut = bezier_lut(p)
+    pos = x * np.float32(LUT_SIZE)
+    cell = np.minimum(pos.astype(np.intp), LUT_SIZE - 1)
+    pos -= cell
+    out = np.take(np.diff(lut), cell)
+    out *= pos
+    out += np.take(lut, cell, out=pos)
+    return np.clip(out, 0.0, 1.0, out=out)  # guards one-ulp overshoot of the interpolation
+
+
+def inpaint(x: np.ndarray, p: Paint) -> np.ndarray:
+    """Fill each block with uniform noise (later blocks overwrite earlier ones)."""
+    rng = np.random.default_rng(p.seed)
+    out = x.copy()
+    for box in p.boxes:
+        out[box.slices] = rng.random(box.size, dtype=np.float32)
+    return out
+
+
+def outpaint(x: np.ndarray, p: Paint) -> np.ndarray:
+    """Uniform noise everywhere except the windows, which keep the input."""
+    out = np.random.default_rng(p.seed).random(x.shape, dtype=np.float32)
+    for box in p.boxes:
+        out[box.slices] = x[box.slices]
+    return out
+
+
+def elastic_field(shape: Sequence[int], p: Elastic) -> np.ndarray:
+    """In-plane displacement (2, H, W) in voxels along (y, x) for an image of in-plane `shape` (H, W)."""
+    noise = np.random.default_rng(p.seed).random((2, *shape)) * 2 - 1
+    return np.stack([gaussian_filter(n, p.sigma, mode="constant") * p.alpha for n in noise])
+
+
+def _reflect(c: np.ndarray, n: int) -> np.ndarray:
+    """Fold coordinates into [0, n - 1] by half-sample reflection (scipy "reflect", torch "reflection")."""
+    c = np.mod(c + 0.5, 2 * n)
+    c = np.where(c >= n, 2 * n - c, c) - 0.5
+    return np.clip(c, 0, n - 1)
+
+
+def elastic(x: np.ndarray, p: Elastic) -> np.ndarray:
+    """Bilinear resampling of every (y, x) plane at the displaced positions."""
+    h, w = x.shape[-2:]
+    dy, dx = elastic_field((h, w), p)
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    cy, cx = _reflect(yy + dy, h), _reflect(xx + dx, w)
+    y0 = np.minimum(cy.astype(np.int64), max(h - 2, 0))
+    x0 = np.minimum(cx.astype(np.int64), max(w - 2, 0))
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (cy - y0).astype(np.float32), (cx - x0).astype(np.float32)
+    top = x[..., y0, x0] * (1 - fx) + x[..., y0, x1] * fx
+    bottom = x[..., y1, x0] * (1 - fx) + x[..., y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def patch_shuffle(x: np.ndarray, p: PatchShuffle) -> np.ndarray:
+    """Swap each pair of patches, in order."""
+    out = x.copy()
+    for a, b in p.pairs:
+        sa, sb = Box(a, p.size).slices, Box(b, p.size).slices
+        out[sa], out[sb] = out[sb], out[sa].copy()
+    return out
+
+
+NUMPY_STEPS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
+    "flip": flip,
+    "local_shuffle": local_shuffle,
+    "nonlinear": nonlinear,
+    "inpaint": inpaint,
+    "outpaint": outpaint,
+    "elastic": elastic,
+    "patch_shuffle": patch_shuffle,
+}
+
+
+def apply(patch: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """(network input, restoration target), float32: the plan's steps on the input, its flips on the target too."""
+    target = np.array(patch, dtype=np.float32)
+    x = target
+    for name, params in plan:
+        if name not in NUMPY_STEPS:
+            raise ValueError(f"unknown step {name!r}")
+        x = NUMPY_STEPS[name](x, params)
+        if name == "flip":
+            target = flip(target, params)
+    return (x.copy() if x is target else x), target
+
+
+def transform(
+    patch: np.ndarray, policy: str, rng: np.random.Generator, settings: TransformSettings = TransformSettings()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a plan for the patch and apply it."""
+    return apply(patch, draw(policy, patch.shape, rng, settings))
+
+
+# ---- torch steps: x is (n, *spatial) float32, params one per row ---------------------------------------------------
+
+
+def _generator(seeds: Sequence[int], device: torch.device) -> torch.Generator:
+    """A torch generator determined by the seeds of a batch's steps."""
+    seed = int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(2, np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _flip_t(x: torch.Tensor, params: Sequence[Flip]) -> torch.Tensor:
+    """Flip rows grouped by their set of odd axes."""
+    out = x.clone()
+    odd = [_odd_axes(p.axes) for p in params]
+    for axes in set(odd):
+        if axes:
+            rows = torch.tensor([i for i, a in enumerate(odd) if a == axes], device=x.device)
+            out[rows] = x[rows].flip([1 + a for a in axes])
+    return out
+
+
+def _nonlinear_t(x: torch.Tensor, params: Sequence[NonLinear]) -> torch.Tensor:
+    """Per-row lookup tables, interpolated by gather."""
+    lut = torch.from_numpy(np.stack([bezier_lut(p) for p in params])).to(x.device)
+    flat = x.reshape(len(params), -1)
+    pos = flat * LUT_SIZE
+    cell = pos.floor().clamp(0, LUT_SIZE - 1)
+    i = cell.long()
+    out = lut.gather(1, i) + (pos - cell) * lut.diff(dim=1).gather(1, i)
+    return out.clamp(0.0, 1.0).reshape(x.shape)
+
+
+def _box_mask(spatial: Sequence[int], boxes: Sequence[tuple[Box, ...]], device: torch.device) -> torch.Tensor:
+    """(n, *spatial) bool: inside any of each row's boxes."""
+    most = max(1, max(len(b) for b in boxes))
+    lo = np.zeros((len(boxes), most, len(spatial)), dtype=np.int64)
+    hi = np.zeros_like(lo)  # padding boxes are empty
+    for i, row in enumerate(boxes):
+        for j, box in enumerate(row):
+            lo[i, j] = box.start
+            hi[i, j] = np.add(box.start, box.size)
+    lo_t, hi_t = torch.from_numpy(lo).to(device), torch.from_numpy(hi).to(device)
+    mask = torch.ones((len(boxes), most) + (1,) * len(spatial), dtype=torch.bool, device=device)
+    for d, dim in enumerate(spatial):
+        ar = torch.arange(dim, device=device)
+        inside = (ar >= lo_t[..., d, None]) & (ar < hi_t[..., d, None])
+        view = [len(boxes), most] + [1] * len(spatial)
+        view[2 + d] = dim
+        mask = mask & inside.reshape(view)
+    return mask.any(dim=1)
+
+
+def _inpaint_t(x: torch.Tensor, params: Sequence[Paint]) -> torch.Tensor:
+    """Noise inside the blocks."""
+    mask = _box_mask(x.shape[1:], [p.boxes for p in params], x.device)
+    noise = torch.rand(x.shape, generator=_generator([p.seed for p in params], x.device), device=x.device)
+    return torch.where(mask, noise, x)
+
+
+def _outpaint_t(x: torch.Tensor, params: Sequence[Paint]) -> torch.Tensor:
+    """Noise outside the windows."""
+    mask = _box_mask(x.shape[1:], [p.boxes for p in params], x.device)
+    noise = torch.rand(x.shape, generator=_generator([p.seed for p in params], x.device), device=x.device)
+    return torch.where(mask, x, noise)
+
+
+def _elastic_t(x: torch.Tensor, params: Sequence[Elastic]) -> torch.Tensor:
+    """grid_sample of every plane, slices folded into the batch; the fields are the numpy path's."""
+    h, w = x.shape[-2:]
+    field = np.stack([elastic_field((h, w), p) for p in params])
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    # align_corners=False with reflection padding is scipy's half-sample "reflect" in voxel coordinates.
+    gx = (2 * (xx + field[:, 1]) + 1) / w - 1
+    gy = (2 * (yy + field[:, 0]) + 1) / h - 1
+    grid = torch.from_numpy(np.stack([gx, gy], axis=-1).astype(np.float32)).to(x.device)
+    planes = x.reshape(len(params), -1, h, w)
+    depth = planes.shape[1]
+    out = F.grid_sample(
+        planes.reshape(-1, 1, h, w),
+        grid.repeat_interleave(depth, dim=0),
+        mode="bilinear",
+        padding_mode="reflection",
+        align_corners=False,
+    )
+    return out.reshape(x.shape)
+
+
+def _local_shuffle_t(x: torch.Tensor, params: Sequence[LocalShuffle]) -> torch.Tensor:
+    """The numpy path's windows; permutations by sorting (window, random key), "later wins" by scatter amax."""
+    spatial = tuple(x.shape[1:])
+    volume = prod(spatial)
+    strides = torch.as_tensor(_strides(spatial), device=x.device)
+    gen = _generator([p.seed for p in params], x.device)
+    out = x.clone().reshape(len(params), -1)
+    for lo in range(0, len(params), SHUFFLE_CHUNK):
+        chunk = params[lo : lo + SHUFFLE_CHUNK]
+        boxes = [shuffle_boxes(spatial, p) for p in chunk]
+        starts = torch.from_numpy(np.concatenate([b[0] for b in boxes])).to(x.device)
+        sizes = torch.from_numpy(np.concatenate([b[1] for b in boxes])).to(x.device)
+        windows = torch.tensor([p.windows for p in chunk], device=x.device)
+        row = torch.arange(len(chunk), device=x.device).repeat_interleave(windows)
+        count = sizes.prod(dim=1)
+        window = torch.arange(len(count), device=x.device).repeat_interleave(count)
+        rest = torch.arange(len(window), device=x.device) - (count.cumsum(0) - count)[window]
+        dest = row[window] * volume
+        for d in reversed(range(len(spatial))):
+            side = sizes[window, d]
+            dest += (starts[window, d] + rest % side) * strides[d]
+            rest = rest // side
+        key = (window << 31) | torch.randint(0, 2**31, window.shape, generator=gen, device=x.device)
+        src = dest[torch.argsort(key)]  # a window's entries are contiguous, so this permutes within each window
+        owner = torch.full((len(chunk) * volume,), -1, dtype=window.dtype, device=x.device)
+        owner.scatter_reduce_(0, dest, window, "amax")
+        keep = owner[dest] == window
+        source = x[lo : lo + len(chunk)].reshape(-1)
+        target = out[lo : lo + len(chunk)].reshape(-1)
+        target[dest[keep]] = source[src[keep]]
+    return out.reshape(x.shape)
+
+
+def _patch_shuffle_t(x: torch.Tensor, params: Sequence[PatchShuffle]) -> torch.Tensor:
+    """Swap t of every row at once by gather/scatter; rows with fewer swaps swap a patch with itself."""
+    spatial = x.shape[1:]
+    out = x.clone().reshape(len(params), -1)
+    strides = _strides(spatial)
+    for size in {p.size for p in params}:
+        rows = [i for i, p in enumerate(params) if p.size == size]
+        swaps = max(len(params[i].pairs) for i in rows)
+        starts = np.zeros((len(rows), swaps, 2), dtype=np.int64)
+        for r, i in enumerate(rows):
+            for t, (a, b) in enumerate(params[i].pairs):
+                starts[r, t] = (np.dot(a, strides), np.dot(b, strides))
+        offsets = np.indices(size).reshape(len(size), -1).T @ strides
+        voxels = torch.from_numpy(starts[..., None] + offsets).to(x.device)  # (rows, swaps, 2, k)
+        index = torch.tensor(rows, device=x.device)
+        sub = out[index]
+        for t in range(swaps):
+            a, b = voxels[:, t, 0], voxels[:, t, 1]
+            va, vb = sub.gather(1, a), sub.gather(1, b)
+            sub.scatter_(1, a, vb)
+            sub.scatter_(1, b, va)
+        out[index] = sub
+    return out.reshape(x.shape)
+
+
+TORCH_STEPS: dict[str, Callable[[torch.Tensor, Sequence[Any]], torch.Tensor]] = {
+    "flip": _flip_t,
+    "elastic": _elastic_t,
+    "local_shuffle": _local_shuffle_t,
+    "nonlinear": _nonlinear_t,
+    "inpaint": _inpaint_t,
+    "outpaint": _outpaint_t,
+    "patch_shuffle": _patch_shuffle_t,
+}
+STEP_ORDER = tuple(TORCH_STEPS)  # the order policies use: batching by it runs each step once per batch
+
+
+def apply_batch(patches: torch.Tensor, plans: Sequence[Plan]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, target) of a batch (N, *spatial) or (N, 1, *spatial) on its own device, float32, same shape.
+
+    A 4D batch with a singleton axis 1 is read as 2D images with a channel axis. Each round applies one step kind to
+    every sample whose next step it is, so a batch of one policy needs one call per step kind.
+    """
+    if len(plans) != patches.shape[0]:
+        raise ValueError(f"{len(plans)} plans for {patches.shape[0]} patches")
+    channel = patches.ndim == 5 or (patches.ndim == 4 and patches.shape[1] == 1)
+    spatial = patches.shape[2:] if channel else patches.shape[1:]
+    x = patches.reshape(len(plans), *spatial).to(torch.float32, copy=True)
+    target = x.clone()
+    done = [0] * len(plans)
+    while True:
+        heads = {i: plan[done[i]][0] for i, plan in enumerate(plans) if done[i] < len(plan)}
+        if not heads:
+            break
+        unknown = set(heads.values()) - set(STEP_ORDER)
+        if unknown:
+            raise ValueError(f"unknown steps {sorted(unknown)}")
+        name = min(heads.values(), key=STEP_ORDER.index)
+        rows = [i for i, n in heads.items() if n == name]
+        params = [plans[i][done[i]][1] for i in rows]
+        index = torch.tensor(rows, device=x.device)
+        x[index] = TORCH_STEPS[name](x[index], params)
+        if name == "flip":
+            target[index] = _flip_t(target[index], params)
+        for i in rows:
+            done[i] += 1
+    return x.reshape(patches.shape), target.reshape(patches.shape)
