@@ -368,13 +368,17 @@ def pretrain(
 ) -> pd.DataFrame:
     """Pretrain one method on patches.h5, resuming from out_dir/checkpoint.pt; return the epoch history.
 
+    On the CPU a run is bitwise reproducible (and a resumed run equals an uninterrupted one); on a GPU, where cuDNN
+    autotuning picks kernels, only up to floating-point summation order.
+
     Writes checkpoint.pt every epoch, then the best epoch's weights (weights.pt, encoder.pt, architecture.json; load
     them with networks.load_pretrained), history.csv, curves.png and examples.png. A checkpoint of other settings or
     patches is an error, or with restart_stale (a workflow rerun after a config change) it is discarded.
     """
     out_dir = Path(out_dir)
     fingerprint = patches_fingerprint(patches_h5)
-    with reproducible(settings.num_threads):
+    # On a GPU, speed wins over bitwise repeatability: deterministic kernels would slow 3D pooling and scatters.
+    with reproducible(settings.num_threads, deterministic=resolve_device(settings.device).type == "cpu"):
         run = Pretrainer(patches_h5, settings)
         if not len(run.data["train"]):
             raise ValueError(f"{patches_h5} holds no training patches")

@@ -9,17 +9,22 @@ import torch
 
 
 @contextlib.contextmanager
-def reproducible(num_threads: int) -> Iterator[None]:
-    """Deterministic kernels and a fixed thread count for one training run; the global flags are restored after."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+def reproducible(num_threads: int, deterministic: bool = True) -> Iterator[None]:
+    """Deterministic kernels (or, if not, cuDNN autotuning) and a fixed thread count for one training run.
+
+    The global flags are restored after."""
+    threads, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    was_benchmark = torch.backends.cudnn.benchmark
     # warn_only: on GPUs some kernels have no deterministic variant; CPU training is exactly reproducible regardless.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(deterministic)
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.backends.cudnn.benchmark = was_benchmark
         torch.set_num_threads(threads)
 
 
