@@ -23,7 +23,8 @@ rule pretrain:
         f"{LOGS}/pretrain/{{kind}}/{{method}}.log",
     benchmark:
         f"{BENCHMARKS}/pretrain/{{kind}}/{{method}}.tsv"
-    threads: 2
+    # Torch threads on the CPU; on a GPU, DataLoader workers (threads - 1). Snakemake caps it at --cores.
+    threads: 8
     resources:
         mem_mb=8000,
         runtime=1440,

@@ -62,8 +62,8 @@ class PretrainSettings:
     augment "workers" applies transforms with numpy in the DataLoader workers, "device" with the batched torch path on
     the training device (its noise comes from torch generators, so the two give different, equally valid draws);
     "auto" takes "device" on a GPU. amp "auto" uses bfloat16 (float16 with loss scaling where bfloat16 is missing) on
-    a GPU and full precision on the CPU. workers -1 means 0 on the CPU, where the model needs every core, and up to 8
-    on a GPU.
+    a GPU and full precision on the CPU. workers -1 means 0 on the CPU, where the model needs every core, and on a GPU
+    the job's threads but one (at most 8).
     """
 
     method: str = "semantic_genesis"
@@ -218,6 +218,14 @@ def _amp_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def _auto_workers(device: torch.device, num_threads: int) -> int:
+    """DataLoader workers when not configured: none on the CPU, whose cores train the model; on a GPU the job's
+    threads but one (at most 8)."""
+    if device.type == "cpu":
+        return 0
+    return max(1, min(8, (num_threads or os.cpu_count() or 2) - 1))
+
+
 class _Totals:
     """Sample-weighted sums of the loss terms and correct classifications over one pass."""
 
@@ -273,7 +281,7 @@ class Pretrainer:
                 self.optimizer, step_size=settings.step_size, gamma=settings.decay_factor
             )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        workers = settings.workers if settings.workers >= 0 else (min(8, os.cpu_count() or 1) if on_device else 0)
+        workers = settings.workers if settings.workers >= 0 else _auto_workers(self.device, settings.num_threads)
         self.samplers = {
             split: EpochBatches(len(data), settings.batch_size, settings.seed, shuffle=split == "train")
             for split, data in self.data.items()
