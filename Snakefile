@@ -1,5 +1,5 @@
 # Semantic Genesis: self-discovery, self-classification and self-restoration pretraining for 3D CT and 2D X-ray.
-# Targets: all, preprocess_3d, preprocess_2d, discovery_3d, discovery_2d, pretrain_3d, pretrain_2d.
+# Targets: all, preprocess_3d/_2d, discovery_3d/_2d, pretrain_3d/_2d, finetune_3d/_2d, tables.
 import os
 import sys
 from pathlib import Path
@@ -25,6 +25,8 @@ include: "rules/synthetic.smk"
 include: "rules/preprocess.smk"
 include: "rules/discovery.smk"
 include: "rules/pretrain.smk"
+include: "rules/tasks.smk"
+include: "rules/finetune.smk"
 
 
 rule preprocess_3d:
@@ -61,6 +63,16 @@ rule pretrain_2d:
         pretrain_outputs("cxr"),
 
 
+rule finetune_3d:
+    input:
+        finetune_files("metrics.json", dims=3),
+
+
+rule finetune_2d:
+    input:
+        finetune_files("metrics.json", dims=2),
+
+
 rule all:
     default_target: True
     input:
@@ -70,3 +82,4 @@ rule all:
         rules.discovery_2d.input,
         rules.pretrain_3d.input,
         rules.pretrain_2d.input,
+        rules.tables.output,

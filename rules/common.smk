@@ -3,6 +3,7 @@ import glob
 import hashlib
 
 from semantic_genesis.methods import METHODS
+from semantic_genesis.tasks.taskdata import TASKS
 from semantic_genesis.readers import VOLUME_SUFFIXES
 from semantic_genesis.synthetic import synthetic_ct_scans
 
@@ -62,7 +63,9 @@ CT_SUBSETS = _available_subsets()
 wildcard_constraints:
     subset="|".join(CT_SUBSETS),
     kind="ct|cxr",
-    method="|".join(METHODS),
+    method="|".join(["scratch", *METHODS]),
+    task="|".join(TASKS),
+    run=r"\d+",
 
 
 def ct_subset_inputs(wildcards):
@@ -150,4 +153,108 @@ def pretrain_outputs(kind):
     methods = config["pretrain"]["methods"]
     return [f"results/{kind}/pretrain/{m}/{f}" for m in methods for f in files] + [
         f"results/{kind}/pretrain/transforms.png"
+    ]
+
+
+# Target tasks: where each one's data comes from (a configured root, or its synthetic counterpart).
+TASK_MODULES = {"ncc": "ncc", "ncs": "ncs", "lcs": "lits", "bms": "brats", "dxc": "dxc", "pxs": "siim"}
+TASK_ROOTS = {
+    task: config["data"][key] or f"results/synthetic/{dataset}"
+    for task, key, dataset in (
+        ("ncs", "ncs_root", "ncs"),
+        ("lcs", "lits_root", "lits"),
+        ("bms", "brats_root", "brats"),
+        ("pxs", "siim_root", "siim"),
+    )
+}
+FINETUNE_TASKS = config["finetune"]["tasks"]
+TABLES = ["adding_semantics", "comparison_3d", "results_2d"]
+
+
+def ct_synthetic_scans(wildcards):
+    """The synthetic LUNA16 scans and phantom label maps that synthetic nodule cubes are cut from."""
+    return rules.synthetic_ct.output.scans + rules.synthetic_ct.output.labels
+
+
+def task_is_synthetic(wildcards):
+    """Whether a task's data is the embedded synthetic counterpart (tables say so)."""
+    task = wildcards.task
+    if task == "ncc":
+        return SYNTHETIC_CT
+    if task == "dxc":
+        return SYNTHETIC_CXR
+    return TASK_ROOTS[task].startswith("results/synthetic/")
+
+
+def task_inputs(wildcards):
+    """The files a task's data is prepared from."""
+    task = wildcards.task
+    if task == "ncc":
+        return {
+            "candidates": f"{CT_ROOT}/candidates_V2.csv",
+            "manifest": "results/ct/scans.tsv",
+            "h5": ct_preprocessed_files(),
+        }
+    if task == "dxc":
+        return {
+            "h5": "results/cxr/images.h5",
+            "manifest": "results/cxr/images.tsv",
+            "entries": f"{CXR_ROOT}/Data_Entry_2017.csv",
+        }
+    if task == "ncs" and not SYNTHETIC_CT and not config["data"]["ncs_root"]:
+        raise WorkflowError(
+            "data.ncs_root is not set: synthetic nodule cubes are cut from the synthetic LUNA16 phantoms, which "
+            "data.ct_root replaces; set data.ncs_root to your nodule cubes, or drop ncs from finetune.tasks"
+        )
+    return {"root": TASK_ROOTS[task]}
+
+
+def task_settings(wildcards):
+    """The task's config section; CT tasks also get the HU window of preprocessing."""
+    settings = dict(config["tasks"][wildcards.task])
+    if wildcards.task in ("ncc", "ncs", "lcs"):
+        settings["hu_window"] = config["preprocess"]["ct"]["hu_window"]
+    return canonical(settings)
+
+
+def task_kind(task):
+    """Which pretrained models serve a task: ct (3D) or cxr (2D)."""
+    return "ct" if TASKS[task].dims == 3 else "cxr"
+
+
+def finetune_inputs(wildcards):
+    """The task file and, unless from scratch, the pretrained weights of the task's dimension."""
+    inputs = {"data": f"results/tasks/{wildcards.task}/data.h5"}
+    if wildcards.method != "scratch":
+        folder = f"results/{task_kind(wildcards.task)}/pretrain/{wildcards.method}"
+        inputs |= {name: f"{folder}/{name}.{ext}" for name, ext in (("weights", "pt"), ("encoder", "pt"))}
+        inputs["architecture"] = f"{folder}/architecture.json"
+    return inputs
+
+
+def finetune_settings(wildcards):
+    """Everything that decides one fine-tuning run's result."""
+    shared = {k: config["finetune"][k] for k in ("label_fraction", "label_seed", "augment_flips", "device")}
+    return canonical(
+        {
+            **config["finetune"][wildcards.task],
+            **shared,
+            "task": wildcards.task,
+            "method": wildcards.method,
+            "run": int(wildcards.run),
+            "base_seed": config["finetune"]["seed"],
+            # scratch gets the width of the pretrained networks it is compared with
+            "base_width": config["pretrain"][task_kind(wildcards.task)]["base_width"],
+        }
+    )
+
+
+def finetune_files(name, dims=None):
+    """One fine-tuning artifact for every configured task (of one dimension, if given), method and run."""
+    return [
+        f"results/finetune/{task}/{method}/run{run}/{name}"
+        for task in FINETUNE_TASKS
+        if dims is None or TASKS[task].dims == dims
+        for method in config["finetune"]["methods"]
+        for run in range(config["finetune"]["runs"])
     ]

@@ -23,6 +23,8 @@ rule pretrain:
         f"{LOGS}/pretrain/{{kind}}/{{method}}.log",
     benchmark:
         f"{BENCHMARKS}/pretrain/{{kind}}/{{method}}.tsv"
+    wildcard_constraints:
+        method="|".join(METHODS),
     # Torch threads on the CPU; on a GPU, DataLoader workers (threads - 1). Snakemake caps it at --cores.
     threads: 8
     resources:

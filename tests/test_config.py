@@ -52,6 +52,12 @@ def test_wrong_type_names_the_key():
         ),
         ({"preprocess": {"ct": {"orientation": "LLS"}}}, "preprocess.ct.orientation"),
         ({"preprocess": {"ct": {"compression": "zip"}}}, "preprocess.ct.compression"),
+        ({"discovery": {"ct": {"crop_size": [32, 32, 12]}}}, "discovery.ct.crop_size"),
+        ({"pretrain": {"methods": ["models_genesis"]}}, "finetune.methods"),
+        ({"tasks": {"ncc": {"cube_size": [30, 32, 16]}}}, "tasks.ncc.cube_size"),
+        ({"tasks": {"pxs": {"size": 100}}}, "tasks.pxs.size"),
+        ({"tasks": {"lcs": {"volume_size": [64, 64, 40]}}}, "tasks.lcs.volume_size"),
+        ({"tasks": {"lcs": {"splits": {"train": [7, 0], "val": [8, 9], "test": [10, 11]}}}}, "tasks.lcs.splits.train"),
     ],
 )
 def test_inconsistent_values_are_rejected(override, key):

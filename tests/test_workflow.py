@@ -21,12 +21,19 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 TINY = {
     "synthetic": {
         "seed": 7,
-        "ct": {"patients": 5, "subsets": 3, "matrix": 128, "slice_mm": [5.0], "thick_slice_fraction": 0.0},
+        "ct": {
+            "patients": 6,
+            "subsets": 4,
+            "matrix": 128,
+            "slice_mm": [5.0],
+            "thick_slice_fraction": 0.0,
+            "nodules": [1, 3],
+        },
         "cxr": {"patients": 8, "follow_ups": [1, 2], "size": 64},
     },
     "preprocess": {
         "ct": {
-            "splits": {"train": ["subset0", "subset1"], "val": ["subset2"], "test": []},
+            "splits": {"train": ["subset0", "subset1"], "val": ["subset2"], "test": ["subset3"]},
             "min_slices": 40,
             "thumbnail_size": [16, 16, 8],
             "chunk": [32, 32, 16],
@@ -57,8 +64,40 @@ TINY = {
         "ct": {"base_width": 2, "head_width": 8, "batch_size": 2, "max_epochs": 2},
         "cxr": {"base_width": 2, "head_width": 8, "batch_size": 2, "max_epochs": 2},
     },
+    "synthetic_tasks": {
+        "lits_volumes": 4,
+        "lits_matrix": 64,
+        "brats_subjects": 4,
+        "brats_shape": [64, 64, 32],
+        "siim_images": 8,
+        "siim_size": 64,
+    },
+    "tasks": {
+        "ncc": {"cube_size": [16, 16, 8]},
+        "ncs": {"cube_size": [16, 16, 8]},
+        "lcs": {
+            "splits": {"train": [0, 1], "val": [2, 2], "test": [3, 3]},
+            "volume_size": [32, 32, 16],
+            "cube_size": [16, 16, 8],
+        },
+        "bms": {"crop_size": [32, 32, 16], "cube_size": [16, 16, 8], "crops_per_subject": 2},
+        "dxc": {"size": 32},
+        "pxs": {"size": 32},
+    },
+    "finetune": {
+        "methods": ["scratch", "models_genesis", "semantic_genesis"],
+        "runs": 2,
+        **{
+            task: {"max_epochs": 2, "batch_size": 4, "head_width": 8}
+            for task in ("ncc", "ncs", "lcs", "bms", "dxc", "pxs")
+        },
+    },
 }
-TARGETS = ("preprocess_3d", "preprocess_2d", "discovery_3d", "discovery_2d", "pretrain_3d", "pretrain_2d")
+TINY["synthetic"]["tasks"] = TINY.pop("synthetic_tasks")
+TARGETS = ("preprocess_3d", "preprocess_2d", "discovery_3d", "discovery_2d", "pretrain_3d", "pretrain_2d", "all")
+TASKS_3D, TASKS_2D, RUNS = ("ncc", "ncs", "lcs", "bms"), ("dxc", "pxs"), 2
+FINETUNED = ("models_genesis", "semantic_genesis")  # pretraining methods the tiny config fine-tunes
+INITS = len(FINETUNED) + 1  # and scratch
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -90,9 +129,9 @@ def workdir(tmp_path_factory):
 
 def test_preprocess_targets_build_every_artifact(workdir):
     scans = pd.read_csv(workdir / "results/ct/scans.tsv", sep="\t")
-    assert len(scans) == 5 and (scans.status == "ok").all()
-    assert dict(scans.groupby("split").size()) == {"train": 4, "val": 1}
-    for subset in ("subset0", "subset1", "subset2"):
+    assert len(scans) == 6 and (scans.status == "ok").all()
+    assert dict(scans.groupby("split").size()) == {"train": 4, "val": 1, "test": 1}
+    for subset in ("subset0", "subset1", "subset2", "subset3"):
         with PreprocessedCT(workdir / f"results/ct/preprocessed/{subset}.h5") as store:
             ids = set(scans.id[scans.subset == subset])
             assert set(store.ids) == ids
@@ -123,7 +162,7 @@ def test_changing_the_hu_window_reruns_only_ct_preprocessing(workdir, tmp_path):
     config = write_config(tmp_path / "changed.yaml", changed)
     result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
     planned = planned_jobs(result.stdout + result.stderr)
-    assert planned["preprocess_ct"] == 3 and planned["ct_manifest"] == 1 and planned["autoencoder"] == 1
+    assert planned["preprocess_ct"] == 4 and planned["ct_manifest"] == 1 and planned["autoencoder"] == 1
     assert "synthetic_ct" not in planned and "preprocess_cxr" not in planned
 
 
@@ -152,7 +191,17 @@ def test_changing_the_class_count_reruns_only_plan_and_patches(workdir, tmp_path
     result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
     planned = planned_jobs(result.stdout + result.stderr)
     pretraining = {"pretrain": len(METHODS), "transform_gallery": 1, "pretrain_3d": 1}
-    assert planned == {"plan": 1, "patches": 1, "discovery_3d": 1, **pretraining, "total": 5 + len(METHODS)}
+    # Every 3D fine-tuning run from pretrained weights follows; scratch runs, task data and 2D do not.
+    downstream = {"finetune": len(TASKS_3D) * len(FINETUNED) * RUNS, "tables": 1, "all": 1}
+    assert planned == {
+        "plan": 1,
+        "patches": 1,
+        "discovery_3d": 1,
+        **pretraining,
+        **downstream,
+        "total": planned["total"],
+    }
+    assert planned["total"] == sum(v for k, v in planned.items() if k != "total")
 
 
 def test_pretraining_builds_every_method_of_both_kinds(workdir):
@@ -174,7 +223,10 @@ def test_a_pretraining_setting_reruns_only_that_pretraining(workdir, tmp_path):
     changed["pretrain"]["ct"]["lr"] = 0.002
     config = write_config(tmp_path / "changed.yaml", changed)
     result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
-    assert planned_jobs(result.stdout + result.stderr) == {"pretrain": len(METHODS), "pretrain_3d": 1, "total": 8}
+    planned = planned_jobs(result.stdout + result.stderr)
+    finetuning = len(TASKS_3D) * len(FINETUNED) * RUNS
+    expected = {"pretrain": len(METHODS), "pretrain_3d": 1, "finetune": finetuning, "tables": 1, "all": 1}
+    assert planned == {**expected, "total": sum(expected.values())}
     # Worker processes choose hardware, not results: changing them reruns nothing.
     changed["pretrain"]["ct"]["lr"] = TINY["pretrain"]["ct"].get("lr", 0.001)
     changed["pretrain"]["workers"] = 1
@@ -252,6 +304,9 @@ def test_real_data_folders_with_bad_files(tmp_path):
     images = pd.read_csv(tmp_path / "results/cxr/images.tsv", sep="\t", keep_default_na=False)
     assert images.status.tolist() == ["ok", "ok", "excluded"]
     assert not (tmp_path / "results/synthetic").exists(), "no synthetic data when real data is configured"
+    # Synthetic nodule cubes need the synthetic phantoms, which real CT replaces: asking for NCS says what to set.
+    result = snakemake(tmp_path, "--configfile", str(tmp_path / "c.yaml"), "-n", "finetune_3d", check=False)
+    assert result.returncode != 0 and "data.ncs_root is not set" in result.stdout + result.stderr
 
 
 def test_strict_mode_fails_the_run_without_artifacts(tmp_path):
@@ -284,3 +339,48 @@ def test_strict_mode_fails_the_run_without_artifacts(tmp_path):
     assert result.returncode != 0
     assert "thin.nrrd: has 8 slices, fewer than min_slices = 20 (preprocess.strict is true)" in result.stderr
     assert not list((tmp_path / "results/ct").rglob("*.h5")) and not (tmp_path / "results/ct/scans.tsv").exists()
+
+
+def test_finetuning_covers_every_task_method_and_run(workdir):
+    for task in (*TASKS_3D, *TASKS_2D):
+        runs = sorted((workdir / f"results/finetune/{task}").glob("*/run*/metrics.json"))
+        assert len(runs) == INITS * RUNS, task
+        for path in runs:
+            metrics = json.loads(path.read_text())
+            assert metrics["task"] == task and metrics["synthetic"] is True
+            assert metrics["value"] is None or 0 <= metrics["value"] <= 1
+            assert (path.parent / "predictions.h5").exists() and (path.parent / "curves.png").exists()
+        seeds = {json.loads(p.read_text())["seed"] for p in runs}
+        assert seeds == set(range(RUNS)), "runs differ by their seed"
+        assert (workdir / f"results/tasks/{task}/montage.png").stat().st_size > 5_000
+
+
+def test_tables_report_synthetic_results_beside_the_paper(workdir):
+    tables = workdir / "results/tables"
+    comparison = (tables / "comparison_3d.md").read_text()
+    assert "SYNTHETIC" in comparison and "98.46" in comparison  # the paper's Semantic Genesis NCC AUC
+    assert "NiftyNet" in comparison and "†" in comparison  # published-only rows, marked
+    frame = pd.read_csv(tables / "comparison_3d.csv")
+    assert len(frame) >= INITS
+    assert "\\begin{tabular}" in (tables / "adding_semantics.tex").read_text()
+    runs = pd.read_csv(tables / "runs.csv")
+    assert set(runs.task) <= {*TASKS_3D, *TASKS_2D} and runs.value.between(0, 100).all()
+    for name in ["adding_semantics.png", *(f"curves_{t}.png" for t in (*TASKS_3D, *TASKS_2D))]:
+        assert (tables / name).stat().st_size > 10_000, name
+
+
+def test_a_finetuning_setting_reruns_only_finetuning_and_tables(workdir, tmp_path):
+    changed = yaml.safe_load(yaml.safe_dump(TINY))
+    changed["finetune"]["ncc"]["lr"] = 0.002
+    result = snakemake(workdir, "--configfile", write_config(tmp_path / "changed.yaml", changed), "-n", *TARGETS)
+    expected = {"finetune": INITS * RUNS, "tables": 1, "all": 1}
+    assert planned_jobs(result.stdout + result.stderr) == {**expected, "total": sum(expected.values())}
+
+
+def test_report_gathers_every_stage(workdir):
+    snakemake(workdir, "--configfile", str(workdir / "tiny.yaml"), "--report", "report.zip")
+    import zipfile
+
+    names = zipfile.ZipFile(workdir / "report.zip").namelist()
+    for expected in ("comparison_3d", "adding_semantics.png", "transforms.png", "patches.png", "montage.png"):
+        assert any(expected in name for name in names), expected

@@ -77,6 +77,24 @@ def _check_consistency(config: dict) -> None:
             seen[subset] = split
     if not config["preprocess"]["ct"]["splits"]["train"]:
         raise ConfigError("config key 'preprocess.ct.splits.train': needs at least one subset")
+    missing = [m for m in config["finetune"]["methods"] if m != "scratch" and m not in config["pretrain"]["methods"]]
+    if config["finetune"]["tasks"] and missing:
+        raise ConfigError(
+            f"config key 'finetune.methods': {missing} start from pretrained weights, so they must be in "
+            "pretrain.methods"
+        )
+    tasks = config["tasks"]
+    for name in ("ncc", "ncs", "lcs", "bms"):
+        if any(side % 8 for side in tasks[name]["cube_size"]):
+            raise ConfigError(f"config key 'tasks.{name}.cube_size': {tasks[name]['cube_size']} must be divisible by 8")
+    for name in ("dxc", "pxs"):
+        if tasks[name]["size"] % 32:
+            raise ConfigError(f"config key 'tasks.{name}.size': {tasks[name]['size']} must be divisible by 32")
+    volume, cube = tasks["lcs"]["volume_size"], tasks["lcs"]["cube_size"]
+    if any(v % c for v, c in zip(volume, cube)):
+        raise ConfigError(f"config key 'tasks.lcs.volume_size': {volume} must be a multiple of cube_size {cube}")
+    for split, pair in tasks["lcs"]["splits"].items():
+        ordered(f"tasks.lcs.splits.{split}", pair)
     # The 3D U-Net pools three times, the 2D ResNet-18 encoder halves five times: patches must divide evenly.
     for kind, divisor, network in (("ct", 8, "3D U-Net"), ("cxr", 32, "2D ResNet-18 U-Net")):
         crop = config["discovery"][kind]["crop_size"]

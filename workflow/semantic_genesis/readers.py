@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +88,64 @@ def check_metaimage_data(path: Path) -> None:
         )
 
 
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Header + voxel bytes a single-file NIfTI-1/-2 must hold, or None if the header is not one (let ITK judge)."""
+    for order in "<>":
+        if len(header) >= 348 and np.frombuffer(header[:4], f"{order}i4")[0] == 348 and header[344:347] == b"n+1":
+            dims = np.frombuffer(header[40:56], f"{order}i2").astype(np.int64)
+            bitpix = int(np.frombuffer(header[72:74], f"{order}i2")[0])
+            offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
+        elif len(header) >= 540 and np.frombuffer(header[:4], f"{order}i4")[0] == 540 and header[4:7] == b"n+2":
+            dims = np.frombuffer(header[16:80], f"{order}i8")
+            bitpix = int(np.frombuffer(header[14:16], f"{order}i2")[0])
+            offset = int(np.frombuffer(header[168:176], f"{order}i8")[0])
+        else:
+            continue
+        ndim = int(dims[0])
+        if not 1 <= ndim <= 7 or (dims[1 : ndim + 1] < 1).any():
+            return None
+        return offset + int(np.prod(dims[1 : ndim + 1])) * bitpix // 8
+    return None
+
+
+def check_nifti_data(path: Path) -> None:
+    """Raise InputError if a .nii / .nii.gz file holds less voxel data than its header says.
+
+    SimpleITK reads a truncated NIfTI without complaint and fills the missing voxels with zeros. The gzip trailer
+    stores the uncompressed size, so a complete .nii.gz is recognised from its header and last 4 bytes; only when they
+    disagree (truncation, or a multi-member stream) is the whole stream decompressed to be sure.
+    """
+    compressed = path.name.lower().endswith(".gz")
+    try:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as stream:
+            header = stream.read(540)
+    except gzip.BadGzipFile:
+        return  # not gzip at all: SimpleITK names the problem
+    except (OSError, EOFError, zlib.error) as error:
+        raise InputError(
+            path, f"is a damaged gzip stream ({error})" if compressed else f"is unreadable ({error})"
+        ) from None
+    expected = _nifti_expected_bytes(header)
+    if expected is None:
+        return
+    if not compressed:
+        actual = path.stat().st_size
+    else:
+        with open(path, "rb") as stream:
+            stream.seek(-4, 2)
+            if struct.unpack("<I", stream.read(4))[0] == expected % 2**32:
+                return
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 24):
+                    actual += len(chunk)
+        except (OSError, EOFError, zlib.error):
+            raise InputError(path, f"is truncated: its gzip stream ends early ({actual} bytes decompressed)") from None
+    if actual < expected:
+        raise InputError(path, f"is truncated: {actual} bytes of header and data, its header needs {expected}")
+
+
 def _read(path: Path) -> sitk.Image:
     if not path.exists():
         raise InputError(path, "file does not exist")
@@ -109,6 +170,8 @@ def read_volume(path: Path | str) -> sitk.Image:
     path = Path(path)
     if path.name.lower().endswith(".mhd") and path.exists():
         check_metaimage_data(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")) and path.exists() and path.stat().st_size:
+        check_nifti_data(path)
     image = _read(path)
     size = image.GetSize()
     if image.GetNumberOfComponentsPerPixel() != 1:

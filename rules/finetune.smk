@@ -1,0 +1,55 @@
+# Fine-tuning: one job per task, initialisation (scratch or a pretraining method) and run; then the result tables.
+
+
+rule finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        metrics="results/finetune/{task}/{method}/run{run}/metrics.json",
+        predictions="results/finetune/{task}/{method}/run{run}/predictions.h5",
+        history="results/finetune/{task}/{method}/run{run}/history.csv",
+        curves="results/finetune/{task}/{method}/run{run}/curves.png",
+    params:
+        settings=finetune_settings,
+        code=source_hash("finetuning", "metrics", "networks", "unet3d", "unet2d", "training", "tasks/taskdata"),
+    log:
+        f"{LOGS}/finetune/{{task}}/{{method}}/run{{run}}.log",
+    benchmark:
+        f"{BENCHMARKS}/finetune/{{task}}/{{method}}/run{{run}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=720,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/finetune.py"
+
+
+rule tables:
+    input:
+        metrics=finetune_files("metrics.json"),
+        histories=finetune_files("history.csv"),
+    output:
+        csv=[report(f"results/tables/{name}.csv", category="Results", subcategory="Tables") for name in TABLES],
+        text=[f"results/tables/{name}.{ext}" for name in TABLES for ext in ("md", "tex")],
+        runs="results/tables/runs.csv",
+        numbers="results/tables/summary.csv",
+        summary=report("results/tables/summary.md", category="Results"),
+        bars=report("results/tables/adding_semantics.png", category="Results"),
+        curves=[report(f"results/tables/curves_{task}.png", category="Results") for task in FINETUNE_TASKS],
+    params:
+        label_fraction=config["finetune"]["label_fraction"],
+        code=source_hash("tables", "published", "tasks/taskdata"),
+    log:
+        f"{LOGS}/tables.log",
+    benchmark:
+        f"{BENCHMARKS}/tables.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/tables.py"

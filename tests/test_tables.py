@@ -1,0 +1,414 @@
+"""Result tables from hand-written fine-tuning outputs: statistics, paired tests, table contents, escaping, figures."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from semantic_genesis import published as pub
+from semantic_genesis import tables
+
+# Test metric (fraction) per (task, method) for runs 0, 1, 2; "bms" has no self_classification runs.
+VALUES = {
+    ("ncc", "scratch"): [0.90, 0.93, 0.91],
+    ("ncc", "models_genesis"): [0.95, 0.97, 0.96],
+    ("ncc", "semantic_genesis"): [0.97, 0.98, 0.985],
+    ("ncc", "self_classification"): [0.94, 0.99, 0.93],
+    ("ncc", "inpainting"): [0.92, 0.94, 0.925],
+    ("ncc", "inpainting_semantics"): [0.95, 0.965, 0.955],
+    ("bms", "scratch"): [0.55, 0.60, 0.58],
+    ("bms", "models_genesis"): [0.65, 0.66, 0.64],
+    ("bms", "semantic_genesis"): [0.67, 0.69, 0.68],
+    ("dxc", "scratch"): [0.70, 0.71, 0.69],
+    ("dxc", "semantic_genesis"): [0.74, 0.75, 0.76],
+}
+
+
+def write_run(root: Path, task, method, run, value, synthetic=False, label_fraction=1.0, **extra) -> Path:
+    folder = root / task / method / f"run{run}" / f"lf{label_fraction:g}"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = dict(
+        task=task,
+        method=method,
+        run=run,
+        seed=run,
+        metric=tables.TASKS[task].metric,
+        value=value,
+        scores={"test": value},
+        synthetic=synthetic,
+        label_fraction=label_fraction,
+        n_train=20,
+        n_test=10,
+        best_epoch=3,
+        epochs=5,
+        seconds=1.5,
+    )
+    record.update(extra)
+    (folder / "metrics.json").write_text(json.dumps(record))
+    epochs = np.arange(5)
+    pd.DataFrame(
+        dict(
+            epoch=epochs,
+            train_loss=1 / (epochs + 1),
+            val_loss=1.2 / (epochs + 1),
+            val_metric=value * (1 - 0.1 / (epochs + 1)),
+            lr=1e-3,
+            seconds=0.3,
+        )
+    ).to_csv(folder / "history.csv", index=False)
+    return folder / "metrics.json"
+
+
+def write_runs(root: Path, values=VALUES, synthetic=False, label_fraction=1.0) -> list[Path]:
+    return [
+        write_run(root, task, method, run, value, synthetic, label_fraction)
+        for (task, method), runs in values.items()
+        for run, value in enumerate(runs)
+    ]
+
+
+@pytest.fixture
+def paths(tmp_path) -> list[Path]:
+    return write_runs(tmp_path / "runs")
+
+
+def read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def row_of(table_path: Path, key: str) -> pd.Series:
+    frame = pd.read_csv(table_path, keep_default_na=False)
+    return frame.set_index("method_key").loc[key]
+
+
+def test_collect_reads_runs_in_percent(paths):
+    frame = tables.collect(paths)
+    assert len(frame) == sum(len(v) for v in VALUES.values())
+    row = frame[(frame["task"] == "ncc") & (frame["method"] == "semantic_genesis") & (frame["run"] == 2)].iloc[0]
+    assert row["value"] == pytest.approx(98.5)
+    assert row["value_fraction"] == pytest.approx(0.985)
+    assert row["metric"] == "AUC" and row["label_fraction"] == 1.0 and not row["synthetic"]
+    assert row["n_test"] == 10 and row["path"].endswith("metrics.json")
+    # Task order follows TASKS (ncc before bms before dxc), whatever the file order.
+    assert list(dict.fromkeys(frame["task"])) == ["ncc", "bms", "dxc"]
+
+
+GOOD = dict(task="ncc", method="scratch", run=0, seed=0, metric="AUC", value=0.9, synthetic=False, label_fraction=1)
+
+
+def record(**changes) -> str:
+    return json.dumps({key: value for key, value in {**GOOD, **changes}.items() if value is not None})
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "cannot read metrics"),
+        ("[1, 2]", "JSON object"),
+        (record(seed=None, synthetic=None), "seed, synthetic"),
+        (record(label_fraction=None), "label_fraction"),
+        (record(metric="IoU"), "metric 'IoU'"),
+        (record(value=93.0), "fraction in [0, 1]"),
+        (record(task="xyz"), "unknown task"),
+        (record(run="0"), "run must be an integer"),
+        (record(synthetic="yes"), "synthetic must be"),
+        (record(label_fraction=0), "label_fraction must be"),
+    ],
+)
+def test_collect_names_a_malformed_file(paths, tmp_path, content, message):
+    bad = tmp_path / "bad" / "metrics.json"
+    bad.parent.mkdir()
+    bad.write_text(content)
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        tables.collect([*paths, bad])
+    assert str(bad) in str(error.value)
+
+
+def test_collect_rejects_a_repeated_run(paths, tmp_path):
+    again = write_run(tmp_path / "again", "ncc", "scratch", 1, 0.5)
+    with pytest.raises(ValueError, match="the same run") as error:
+        tables.collect([*paths, again])
+    assert str(again) in str(error.value)
+
+
+def test_summary_statistics_and_paired_test(paths):
+    shuffled = list(paths)
+    random.Random(3).shuffle(shuffled)
+    summary = tables.summarise(tables.collect(shuffled)).set_index(["task", "method"])
+    for (task, method), values in VALUES.items():
+        percent = 100 * np.array(values)
+        row = summary.loc[(task, method)]
+        assert row["n"] == 3
+        assert row["mean"] == pytest.approx(percent.mean())
+        assert row["std"] == pytest.approx(percent.std(ddof=1))
+        if method == "semantic_genesis":
+            assert np.isnan(row["p_value"]) and row["n_pairs"] == 0
+            continue
+        reference = 100 * np.array(VALUES[(task, "semantic_genesis")])
+        assert row["n_pairs"] == 3
+        assert row["p_value"] == pytest.approx(stats.ttest_rel(percent, reference).pvalue)
+        assert row["diff"] == pytest.approx((percent - reference).mean())
+    assert summary.loc[("ncc", "semantic_genesis"), "paper_mean"] == 98.46
+    assert summary.loc[("ncc", "inpainting_semantics"), "paper_approximate"]
+    assert np.isnan(summary.loc[("dxc", "semantic_genesis"), "paper_mean"])  # never invented
+
+
+def test_pairs_are_matched_by_run_index_not_file_order(tmp_path):
+    # Runs written in a different order per method, and one run of models_genesis missing: 2 pairs (runs 0 and 2).
+    root = tmp_path / "runs"
+    reference = {2: 0.90, 0: 0.80, 1: 0.85}
+    other = {2: 0.88, 0: 0.70}
+    paths = [write_run(root, "lcs", "semantic_genesis", run, value) for run, value in reference.items()]
+    paths += [write_run(root, "lcs", "models_genesis", run, value) for run, value in other.items()]
+    summary = tables.summarise(tables.collect(paths[::-1])).set_index("method")
+    row = summary.loc["models_genesis"]
+    assert row["n_pairs"] == 2
+    expected = stats.ttest_rel([70.0, 88.0], [80.0, 90.0]).pvalue
+    assert row["p_value"] == pytest.approx(expected)
+    wilcoxon = tables.summarise(tables.collect(paths), test="wilcoxon").set_index("method")
+    assert wilcoxon.loc["models_genesis", "p_value"] == pytest.approx(stats.wilcoxon([70.0, 88.0], [80.0, 90.0]).pvalue)
+    with pytest.raises(ValueError, match="test must be"):
+        tables.summarise(tables.collect(paths), test="anova")
+
+
+def test_single_run_and_single_pair_give_nan(tmp_path):
+    root = tmp_path / "runs"
+    paths = [write_run(root, "ncs", "semantic_genesis", 0, 0.7), write_run(root, "ncs", "scratch", 0, 0.6)]
+    summary = tables.summarise(tables.collect(paths)).set_index("method")
+    assert np.isnan(summary.loc["scratch", "std"]) and np.isnan(summary.loc["scratch", "p_value"])
+    assert summary.loc["scratch", "n_pairs"] == 1
+    written = tables.build_tables(tables.collect(paths), tmp_path / "out")
+    assert "60.00 (n=1)" in read(next(p for p in written if p.name == "comparison_3d.md"))
+
+
+def test_tables_written_with_cells_markers_and_paper_numbers(paths, tmp_path):
+    frame = tables.collect(paths)
+    out = tmp_path / "tables"
+    written = tables.build_tables(frame, out)
+    names = {p.name for p in written}
+    for stem in ("adding_semantics", "comparison_3d", "results_2d"):
+        assert {f"{stem}.csv", f"{stem}.md", f"{stem}.tex"} <= names
+    assert "summary.csv" in names and all(p.stat().st_size for p in written)
+    assert not list(out.glob(".*partial*"))  # nothing half-written left behind
+
+    summary = tables.summarise(frame).set_index(["task", "method"])
+    row = row_of(out / "comparison_3d.csv", "models_genesis")
+    stat = summary.loc[("ncc", "models_genesis")]
+    marker = tables.significance_marker(stat["p_value"])
+    assert row["NCC AUC (%)"] == f"{stat['mean']:.2f} ± {stat['std']:.2f}{marker}"
+    assert row["NCC paper"] == "98.07 ± 0.59"
+    # The reference itself carries no marker, and its paper number sits beside it.
+    reference = row_of(out / "comparison_3d.csv", "semantic_genesis")
+    assert reference["NCC AUC (%)"] == "97.83 ± 0.76" and reference["NCC paper"] == "98.46 ± 0.30"
+    # A method without runs on a task shows "–", never a number; its paper number is still there.
+    sc = row_of(out / "comparison_3d.csv", "self_classification")
+    assert sc["BMS IoU (%)"] == tables.MISSING and sc["BMS paper"] == "64.02 ± 0.98"
+    assert row_of(out / "comparison_3d.csv", "patch_shuffling")["NCC AUC (%)"] == tables.MISSING
+    assert row_of(out / "comparison_3d.csv", "scratch")["data"] == "real"
+
+
+def test_significance_markers_follow_p_values(tmp_path):
+    # Clear, consistent differences give p < 0.01 (**); noisy ones none.
+    root = tmp_path / "runs"
+    values = {
+        ("ncc", "semantic_genesis"): [0.90, 0.92, 0.94, 0.96],
+        ("ncc", "scratch"): [0.80, 0.821, 0.839, 0.861],
+        ("ncc", "models_genesis"): [0.99, 0.85, 0.97, 0.90],
+    }
+    frame = tables.collect(write_runs(root, values))
+    tables.build_tables(frame, tmp_path / "out")
+    summary = tables.summarise(frame).set_index("method")
+    assert summary.loc["scratch", "p_value"] < 0.01 and summary.loc["models_genesis", "p_value"] > 0.05
+    assert row_of(tmp_path / "out" / "comparison_3d.csv", "scratch")["NCC AUC (%)"].endswith("**")
+    assert not row_of(tmp_path / "out" / "comparison_3d.csv", "models_genesis")["NCC AUC (%)"].endswith("*")
+    assert "\\*\\*" in read(tmp_path / "out" / "comparison_3d.md")  # escaped in Markdown
+
+
+def test_adding_semantics_rows_and_markers_against_the_base(paths, tmp_path):
+    frame = tables.collect(paths)
+    tables.build_tables(frame, tmp_path)
+    table = pd.read_csv(tmp_path / "adding_semantics.csv", keep_default_na=False).set_index("method_key")
+    assert list(table.index) == [
+        "inpainting",
+        "inpainting_semantics",
+        "patch_shuffling",
+        "patch_shuffling_semantics",
+        "models_genesis",
+        "semantic_genesis",
+    ]
+    assert table.loc["semantic_genesis", "Method"] == "Models Genesis + semantics (Semantic Genesis)"
+    assert table.loc["inpainting_semantics", "NCC paper"] == "≈97.3"
+    assert table.loc["semantic_genesis", "LCS paper"] == "86.53 ± 1.30"
+    # The "+ semantics" marker compares with the base method over matched runs.
+    p_value = stats.ttest_rel(
+        100 * np.array(VALUES[("ncc", "inpainting_semantics")]), 100 * np.array(VALUES[("ncc", "inpainting")])
+    ).pvalue
+    cell = table.loc["inpainting_semantics", "NCC AUC (%)"]
+    assert cell.endswith(tables.significance_marker(p_value)) and cell.startswith("95.67 ± ")
+    assert table.loc["patch_shuffling_semantics", "NCS IoU (%)"] == tables.MISSING
+    assert "without semantics" in read(tmp_path / "adding_semantics.md")
+
+
+def test_published_only_rows_are_marked_and_only_published(paths, tmp_path):
+    tables.build_tables(tables.collect(paths), tmp_path)
+    table = pd.read_csv(tmp_path / "comparison_3d.csv", keep_default_na=False).set_index("method_key")
+    assert list(table.index) == tables.ROWS_COMPARISON_3D
+    for key in pub.PUBLISHED_ONLY_3D:
+        row = table.loc[key]
+        assert row["Method"] == pub.METHOD_LABELS[key] + "†" and row["data"] == "published"
+        for task in tables.TASKS_3D:
+            assert row[f"{task.upper()} {tables.TASKS[task].metric} (%)"] == tables.MISSING
+            mean, std = pub.PUBLISHED_3D[key][task]
+            assert row[f"{task.upper()} paper"] == f"{mean:.2f} ± {std:.2f}"
+    assert "published numbers only" in read(tmp_path / "comparison_3d.md")
+    assert r"$^\dagger$" in read(tmp_path / "comparison_3d.tex")
+    # 2D: the published baselines of Models Genesis for DXC only; nothing for PXS or Semantic Genesis 2D.
+    table_2d = pd.read_csv(tmp_path / "results_2d.csv", keep_default_na=False).set_index("method_key")
+    assert table_2d.loc["imagenet", "DXC paper"] == "75.55" and table_2d.loc["imagenet", "PXS paper"] == "–"
+    assert table_2d.loc["scratch", "DXC paper"] == "69.15" and table_2d.loc["scratch", "DXC AUC (%)"] == "70.00 ± 1.00*"
+    assert table_2d.loc["semantic_genesis", "DXC paper"] == "–"
+    assert (table_2d[["PXS IoU (%)", "PXS paper"]] == "–").all().all()
+
+
+@pytest.mark.parametrize("synthetic", [True, False])
+def test_synthetic_label_only_for_synthetic_runs(tmp_path, synthetic):
+    frame = tables.collect(write_runs(tmp_path / "runs", synthetic=synthetic))
+    written = tables.build_tables(frame, tmp_path / "out")
+    for path in written:
+        if path.name == "summary.csv":
+            continue
+        text = read(path)
+        assert ("synthetic" in text.lower()) == synthetic, path.name
+        if synthetic and path.suffix in (".md", ".tex"):
+            assert "Results on SYNTHETIC data (the embedded demo), not comparable with the paper's numbers" in text
+    if synthetic:
+        assert row_of(tmp_path / "out" / "comparison_3d.csv", "scratch")["data"] == "synthetic"
+
+
+def test_mixed_synthetic_runs_are_marked_per_cell(paths, tmp_path):
+    frame = tables.collect([*paths, write_run(tmp_path / "syn", "ncc", "patch_shuffling", 0, 0.9, synthetic=True)])
+    tables.build_tables(frame, tmp_path / "out")
+    row = row_of(tmp_path / "out" / "comparison_3d.csv", "patch_shuffling")
+    assert row["NCC AUC (%)"] == "90.00 (n=1) (synthetic)" and row["data"] == "synthetic"
+    assert "Some results are on SYNTHETIC data" in read(tmp_path / "out" / "comparison_3d.md")
+    assert "synthetic" not in read(tmp_path / "out" / "results_2d.md").lower()  # the 2D runs are all real
+
+
+def test_latex_is_escaped_and_balanced(paths, tmp_path):
+    extra = [write_run(tmp_path / "x", "ncc", "my_method", run, 0.9 + run / 100) for run in range(3)]
+    tables.build_tables(tables.collect([*paths, *extra]), tmp_path / "out")
+    tex = read(tmp_path / "out" / "comparison_3d.tex")
+    body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
+    assert r"my\_method" in body and r"(\%)" in body
+    assert not re.search(r"(?<!\\)[_%#]", body), "unescaped special character"
+    assert "±" not in body and "–" not in body and r"$\pm$" in body
+    for env in ("table", "tabular"):
+        assert body.count(rf"\begin{{{env}}}") == body.count(rf"\end{{{env}}}") == 1
+    assert body.index(r"\toprule") < body.index(r"\midrule") < body.index(r"\bottomrule")
+    assert body.count("{") == body.count("}") + body.count(r"\}") - body.count(r"\{")
+    # Every body row has as many cells as the column specification.
+    columns = len(re.search(r"\\begin\{tabular\}\{([lr]+)\}", body).group(1))
+    rows = body[body.index(r"\toprule") : body.index(r"\bottomrule")].split(r"\\")[:-1]
+    assert rows and all(len(re.split(r"(?<!\\)&", row)) == columns for row in rows)
+    # The extra method gets a row before Semantic Genesis in every format.
+    keys = list(pd.read_csv(tmp_path / "out" / "comparison_3d.csv")["method_key"])
+    assert keys[-2:] == ["my_method", "semantic_genesis"]
+    assert "my\\_method" in read(tmp_path / "out" / "comparison_3d.md")
+
+
+def test_label_fractions_get_their_own_tables(paths, tmp_path):
+    quarter = write_runs(tmp_path / "quarter", {("ncc", "scratch"): [0.8, 0.82]}, label_fraction=0.25)
+    written = tables.build_tables(tables.collect([*paths, *quarter]), tmp_path / "out")
+    names = {p.name for p in written}
+    assert {"comparison_3d_labels25.md", "comparison_3d_labels25.tex", "comparison_3d_labels25.csv"} <= names
+    text = read(tmp_path / "out" / "comparison_3d_labels25.md")
+    assert "25% of the training labels" in text and "98.46" not in text  # the paper's all-label numbers left out
+    assert row_of(tmp_path / "out" / "comparison_3d_labels25.csv", "scratch")["NCC AUC (%)"] == "81.00 ± 1.41"
+    # The all-label table is unchanged by the other fraction.
+    assert row_of(tmp_path / "out" / "comparison_3d.csv", "scratch")["NCC AUC (%)"].startswith("91.33 ± ")
+
+
+def test_empty_frame_gives_tables_of_dashes(tmp_path):
+    written = tables.build_tables(tables.collect([]), tmp_path)
+    table = pd.read_csv(tmp_path / "comparison_3d.csv", keep_default_na=False).set_index("method_key")
+    assert (table.loc["semantic_genesis", ["NCC AUC (%)", "BMS IoU (%)"]] == "–").all()
+    assert table.loc["semantic_genesis", "NCC paper"] == "98.46 ± 0.30"
+    assert len(written) == 10
+
+
+def test_published_numbers_are_the_specs():
+    assert pub.PUBLISHED_3D["semantic_genesis"]["ncc"] == (98.46, 0.30)
+    assert pub.PUBLISHED_3D["scratch"]["bms"] == (59.87, 4.04)
+    assert len(pub.PUBLISHED_3D) == 11 and all(len(v) == 4 for v in pub.PUBLISHED_3D.values())
+    assert pub.published("patch_shuffling_semantics", "lcs").text() == "≈85.0"
+    assert pub.published("genesis_xray_2d", "dxc").text() == "75.48"
+    assert pub.published("semantic_genesis", "dxc") is None and pub.published("scratch", "pxs") is None
+    assert set(pub.PUBLISHED_ONLY) == {"niftynet", "medicalnet", "inflated_3d", "imagenet", "genesis_ct_2d",
+                                       "genesis_xray_2d"}  # fmt: skip
+    assert all(key in pub.METHOD_LABELS for key in [*pub.PUBLISHED_3D, *pub.ADDING_SEMANTICS, *pub.PUBLISHED_2D])
+
+
+def is_png(path: Path) -> bool:
+    return path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_are_written(tmp_path):
+    paths = write_runs(tmp_path / "runs", synthetic=True)
+    paths.append(write_run(tmp_path / "runs", "ncc", "rotation", 0, 0.9))  # a method without a fixed colour
+    summary = tables.summarise(tables.collect(paths))
+    png = tables.plot_adding_semantics(summary, tmp_path / "figs" / "adding_semantics.png")
+    assert is_png(png)
+    histories = {}
+    for path in paths:
+        record = json.loads(path.read_text())
+        histories[(record["task"], record["method"], record["run"])] = path.with_name("history.csv")
+    written = tables.plot_finetuning_curves(histories, tmp_path / "curves")
+    assert {p.name for p in written} == {"finetuning_ncc.png", "finetuning_bms.png", "finetuning_dxc.png"}
+    assert all(is_png(p) for p in written)
+    # A mapping of outputs: a task without histories still gets a figure; a task without an output is an error.
+    only = tables.plot_finetuning_curves(
+        {k: v for k, v in histories.items() if k[0] == "ncc"},
+        {"ncc": tmp_path / "a.png", "lcs": tmp_path / "b.png"},
+    )
+    assert [p.name for p in only] == ["a.png", "b.png"] and all(is_png(p) for p in only)
+    with pytest.raises(ValueError, match="bms"):
+        tables.plot_finetuning_curves(histories, {"ncc": tmp_path / "c.png"})
+
+
+def test_history_without_columns_is_named(tmp_path):
+    bad = tmp_path / "history.csv"
+    bad.write_text("epoch,loss\n0,1.0\n")
+    with pytest.raises(ValueError, match="val_metric") as error:
+        tables.plot_finetuning_curves({("ncc", "scratch", 0): bad}, tmp_path)
+    assert str(bad) in str(error.value)
+
+
+def test_report_summary(paths, tmp_path):
+    frame = tables.collect(paths)
+    summary = tables.summarise(frame)
+    out = tables.write_report_summary(summary, tmp_path / "summary.md", frame=frame)
+    text = read(out)
+    row = summary.set_index(["task", "method"]).loc[("ncc", "models_genesis")]
+    assert f"Semantic Genesis vs Models Genesis: +1.83 (p = {row['p_value']:.3g}, 3 pairs)" in text
+    assert "paper 98.46 ± 0.30 (ours - paper: -0.63)" in text
+    assert "adding semantics to In-painting: +2.83" in text
+    assert "## BMS (IoU)" in text and "synthetic" not in text.lower()
+
+
+def test_another_reference_is_named(paths, tmp_path):
+    frame = tables.collect(paths)
+    summary = tables.summarise(frame, reference="models_genesis").set_index(["task", "method"])
+    assert summary.loc[("ncc", "models_genesis"), "n_pairs"] == 0
+    expected = stats.ttest_rel(
+        100 * np.array(VALUES[("ncc", "scratch")]), 100 * np.array(VALUES[("ncc", "models_genesis")])
+    ).pvalue
+    assert summary.loc[("ncc", "scratch"), "p_value"] == pytest.approx(expected)
+    tables.build_tables(frame, tmp_path, reference="models_genesis")
+    assert "against Models Genesis" in read(tmp_path / "comparison_3d.md")

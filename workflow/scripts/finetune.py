@@ -1,0 +1,11 @@
+"""Rule finetune: one run of one task from one initialisation, evaluated once on the test split."""
+
+from pathlib import Path
+
+from semantic_genesis.finetuning import FinetuneSettings, finetune
+from semantic_genesis.logs import rule_logging
+
+with rule_logging(snakemake.log[0]):
+    settings = FinetuneSettings.from_dict({**snakemake.params.settings, "num_threads": snakemake.threads})
+    pretrained = Path(snakemake.input.architecture).parent if "architecture" in snakemake.input.keys() else None
+    finetune(snakemake.input.data, pretrained, settings, Path(snakemake.output.metrics).parent)

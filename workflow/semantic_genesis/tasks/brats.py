@@ -1,0 +1,293 @@
+"""BMS, brain tumour segmentation: BraTS 2018 FLAIR crops with whole-tumour masks (label > 0) in the task store.
+
+Real layout: `<root>/{HGG,LGG}/<subject>/<subject>_flair.nii.gz` and `<subject>_seg.nii.gz` (t1, t1ce and t2 are
+ignored). Subjects are split train/val/test by subject with a seed. FLAIR is normalised per subject: values are
+clipped at the 0.5th and 99.5th percentiles of the brain voxels (> 0; BraTS zeroes everything outside the head) and
+scaled to [0, 1], so the background stays 0. Each subject gives `crops_per_subject` crops of crop_size voxels
+inside the bounding box of its non-zero voxels, at least half of them holding tumour, resized to cube_size
+(trilinear for the image, nearest for the mask). A volume smaller than the crop is zero-padded around its centre.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from scipy import ndimage
+from tqdm import tqdm
+
+from ..artifacts import atomic_path
+from ..brain_phantom import BrainSettings, draw_subject, render_subject
+from ..readers import InputError, NoUsableDataError, read_volume
+from .taskdata import TaskWriter
+
+log = logging.getLogger(__name__)
+
+GRADES = ("HGG", "LGG")
+SAMPLE_COLUMNS = ["id", "subject", "grade", "split", "tumour_fraction"]
+
+
+@dataclass(frozen=True)
+class BMSSettings:
+    """How BraTS subjects become task samples (sizes in voxels, x, y, z)."""
+
+    crop_size_xyz: tuple[int, int, int] = (100, 100, 50)
+    cube_size_xyz: tuple[int, int, int] = (64, 64, 32)
+    crops_per_subject: int = 4
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> BMSSettings:
+        """Build from the `tasks.bms` config section (crop_size/cube_size name the _xyz fields; lists -> tuples)."""
+        aliases = {"crop_size": "crop_size_xyz", "cube_size": "cube_size_xyz"}
+        names = {f.name for f in fields(cls)}
+        values = {aliases.get(k, k): v for k, v in cfg.items()}
+        kept = {k: v for k, v in values.items() if k in names}
+        return cls(**{k: tuple(int(x) for x in v) if isinstance(v, list) else v for k, v in kept.items()})
+
+
+def subject_files(folder: Path) -> tuple[Path | None, Path | None]:
+    """The subject's FLAIR and segmentation files (.nii.gz or .nii), None where missing."""
+    found = []
+    for kind in ("flair", "seg"):
+        hits = [folder / f"{folder.name}_{kind}{ext}" for ext in (".nii.gz", ".nii")]
+        found.append(next((h for h in hits if h.exists()), None))
+    return found[0], found[1]
+
+
+def find_subjects(root: Path | str) -> pd.DataFrame:
+    """Subject folders under <root>/HGG and <root>/LGG, sorted by name: subject, grade, folder."""
+    root = Path(root)
+    rows = [
+        dict(subject=d.name, grade=grade, folder=str(d))
+        for grade in GRADES
+        if (root / grade).is_dir()
+        for d in sorted((root / grade).iterdir())
+        if d.is_dir() and not d.name.startswith(".")
+    ]
+    frame = pd.DataFrame(rows, columns=["subject", "grade", "folder"])
+    return frame.sort_values("subject", kind="stable").reset_index(drop=True)
+
+
+def split_subjects(subjects: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+    """Assign each subject to train, val or test at random (seeded); a split with a non-zero fraction gets at least
+    one subject while train keeps at least one."""
+    n = len(subjects)
+    order = np.random.default_rng(seed).permutation(n)
+    counts = {}
+    for split, fraction in (("val", val_fraction), ("test", test_fraction)):
+        counts[split] = int(round(n * fraction))
+        if fraction > 0 and counts[split] == 0:
+            counts[split] = 1
+    # Train keeps at least one subject: shrink the larger held-out split first.
+    while counts["val"] + counts["test"] > max(n - 1, 0) and counts["val"] + counts["test"] > 0:
+        counts["val" if counts["val"] >= counts["test"] else "test"] -= 1
+    names = [sorted(subjects)[i] for i in order]
+    splits = ["val"] * counts["val"] + ["test"] * counts["test"]
+    splits += ["train"] * (n - len(splits))
+    return dict(zip(names, splits))
+
+
+def _same_geometry(a: sitk.Image, b: sitk.Image) -> str | None:
+    """Why two images do not share a voxel grid, or None if they do."""
+    if a.GetSize() != b.GetSize():
+        return f"FLAIR size {a.GetSize()} differs from the segmentation's {b.GetSize()}"
+    for what, va, vb in (
+        ("spacing", a.GetSpacing(), b.GetSpacing()),
+        ("origin", a.GetOrigin(), b.GetOrigin()),
+        ("direction", a.GetDirection(), b.GetDirection()),
+    ):
+        if not np.allclose(va, vb, atol=1e-3):
+            return f"FLAIR {what} {np.round(va, 3).tolist()} differs from the segmentation's {np.round(vb, 3).tolist()}"
+    return None
+
+
+def load_subject(folder: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """FLAIR normalised to [0, 1] (float32) and the whole-tumour mask (bool), [z, y, x]; InputError if unusable."""
+    folder = Path(folder)
+    flair_path, seg_path = subject_files(folder)
+    if flair_path is None:
+        raise InputError(folder, f"no FLAIR file {folder.name}_flair.nii.gz")
+    if seg_path is None:
+        raise InputError(folder, f"no segmentation file {folder.name}_seg.nii.gz")
+    flair_image, seg_image = read_volume(flair_path), read_volume(seg_path)
+    if (problem := _same_geometry(flair_image, seg_image)) is not None:
+        raise InputError(folder, problem)
+    flair = sitk.GetArrayFromImage(flair_image).astype(np.float32)
+    seg = sitk.GetArrayFromImage(seg_image)
+    brain = flair > 0
+    if brain.sum() < 1000:
+        raise InputError(flair_path, f"only {int(brain.sum())} voxels are > 0; a brain is expected")
+    lo, hi = np.percentile(flair[brain], [0.5, 99.5])
+    if hi <= lo:
+        raise InputError(flair_path, f"has no contrast inside the brain (all values near {lo:g})")
+    image = np.clip((flair - lo) / (hi - lo), 0, 1)
+    image[~brain] = 0  # background stays 0 even when the 0.5th percentile is above it
+    # Some re-saved segmentations are float: round before testing labels.
+    mask = np.rint(seg) > 0 if np.issubdtype(seg.dtype, np.floating) else seg > 0
+    return image, mask
+
+
+def _start_range(lo: int, hi: int, crop: int, size: int) -> tuple[int, int]:
+    """Crop starts along one axis that keep the crop inside [lo, hi) (or covering it, if the crop is larger)."""
+    a, b = sorted((lo, hi - crop))
+    return int(np.clip(a, 0, size - crop)), int(np.clip(b, 0, size - crop))
+
+
+def crop_starts(
+    brain: np.ndarray, mask: np.ndarray, crop_zyx: tuple[int, ...], n: int, rng: np.random.Generator
+) -> list[tuple[int, ...]]:
+    """n crop starts [z, y, x] in the brain's bounding box; the first ceil(n / 2) contain a tumour voxel if any."""
+    nonzero = np.argwhere(brain)
+    lo, hi = nonzero.min(0), nonzero.max(0) + 1
+    ranges = [_start_range(int(a), int(b), c, s) for a, b, c, s in zip(lo, hi, crop_zyx, brain.shape)]
+    tumour = np.flatnonzero(mask)
+    n_tumour = (n + 1) // 2 if tumour.size else 0
+    starts = []
+    for k in range(n):
+        if k < n_tumour:
+            voxel = np.unravel_index(tumour[rng.integers(tumour.size)], mask.shape)
+            start = []
+            for v, (a, b), c, s in zip(voxel, ranges, crop_zyx, brain.shape):
+                # Starts that keep the voxel inside the crop and the crop inside the bounding-box range.
+                first, last = max(a, v - c + 1), min(b, v)
+                fallback = int(np.clip(v - c // 2, 0, s - c))
+                start.append(int(rng.integers(first, last + 1)) if first <= last else fallback)
+        else:
+            start = [int(rng.integers(a, b + 1)) for a, b in ranges]
+        starts.append(tuple(start))
+    return starts
+
+
+def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Zero-pad an array around its centre to at least `shape`."""
+    pad = [(max(0, s - n) // 2, max(0, s - n) - max(0, s - n) // 2) for n, s in zip(array.shape, shape)]
+    return np.pad(array, pad) if any(p != (0, 0) for p in pad) else array
+
+
+def resize(array: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
+    """Resize to exactly `shape`, sampling at voxel centres (order 1: trilinear, 0: nearest)."""
+    zoom = [s / n for s, n in zip(shape, array.shape)]
+    out = ndimage.zoom(array, zoom, order=order, mode="nearest", grid_mode=True)
+    assert out.shape == tuple(shape), (out.shape, shape)
+    return out
+
+
+def subject_samples(
+    image: np.ndarray, mask: np.ndarray, settings: BMSSettings, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image cube float32 in [0, 1], mask cube uint8) for each crop of one subject."""
+    crop = tuple(settings.crop_size_xyz[::-1])
+    cube = tuple(settings.cube_size_xyz[::-1])
+    brain = image > 0
+    image, mask, brain = (_pad_to(a, crop) for a in (image, mask, brain))
+    out = []
+    for start in crop_starts(brain, mask, crop, settings.crops_per_subject, rng):
+        box = tuple(slice(s, s + c) for s, c in zip(start, crop))
+        cube_image = np.clip(resize(image[box], cube, order=1), 0, 1)
+        cube_mask = resize(mask[box].astype(np.uint8), cube, order=0)
+        out.append((cube_image, cube_mask))
+    return out
+
+
+def prepare_bms(root: Path | str, out_h5: Path | str, settings: BMSSettings, synthetic: bool) -> pd.DataFrame:
+    """Write the BMS task file from a BraTS-style folder; return the sample index (id, subject, grade, split,
+    tumour_fraction), with the excluded subjects and their reasons in `.attrs["excluded"]`."""
+    subjects = find_subjects(root)
+    if subjects.empty:
+        raise NoUsableDataError(f"no BraTS subject folders under {Path(root) / 'HGG'} or {Path(root) / 'LGG'}")
+    excluded: dict[str, str] = {}
+
+    def exclude(name: str, reason: str) -> None:
+        excluded[name] = reason
+        log.warning("excluded BraTS subject %s: %s", name, reason)
+
+    duplicated = subjects.subject.duplicated(keep="first")
+    for name in subjects.subject[duplicated]:
+        exclude(name, "subject found under both HGG and LGG; the HGG copy is used")
+    subjects = subjects[~duplicated]
+    # Subjects whose files are missing cannot be split usefully; reading errors show up later and are rare.
+    present = [subject_files(Path(f)) for f in subjects.folder]
+    for name, folder, (flair, seg) in zip(subjects.subject, subjects.folder, present):
+        if flair is None or seg is None:
+            exclude(name, f"no {'FLAIR' if flair is None else 'segmentation'} file in {Path(folder)}")
+    candidates = [s for s in subjects.subject if s not in excluded]
+    splits = split_subjects(candidates, settings.val_fraction, settings.test_fraction, settings.seed)
+    log.info(
+        "BMS: %d subjects under %s, %d with both files, settings %s", len(subjects), root, len(candidates), settings
+    )
+    rows = []
+    cube = tuple(settings.cube_size_xyz[::-1])
+    with TaskWriter(
+        out_h5,
+        "bms",
+        cube,
+        synthetic=synthetic,
+        source="synthetic BraTS-like phantom" if synthetic else str(root),
+        settings=asdict(settings),
+    ) as writer:
+        for row in tqdm(subjects.itertuples(), total=len(subjects), desc="BMS subjects", unit="subject"):
+            if row.subject not in splits:
+                continue
+            try:
+                image, mask = load_subject(row.folder)
+            except InputError as error:
+                exclude(row.subject, str(error))
+                continue
+            # One generator per subject: its crops do not depend on which other subjects are usable.
+            rng = np.random.default_rng([settings.seed, *row.subject.encode()])
+            for k, (cube_image, cube_mask) in enumerate(subject_samples(image, mask, settings, rng)):
+                sample_id = f"{row.subject}:{k}"
+                writer.add(splits[row.subject], cube_image, cube_mask, sample_id)
+                rows.append((sample_id, row.subject, row.grade, splits[row.subject], float(cube_mask.mean())))
+        if not rows:
+            raise NoUsableDataError(
+                f"no usable BraTS subject out of {len(subjects)} under {root}; "
+                + "; ".join(f"{k}: {v}" for k, v in list(excluded.items())[:5])
+            )
+        writer.h5.attrs["excluded"] = json.dumps(excluded, sort_keys=True)
+    index = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    index.attrs["excluded"] = excluded
+    counts = index.groupby("split").subject.nunique().to_dict()
+    log.info("BMS: %d samples from subjects per split %s; %d subjects excluded", len(index), counts, len(excluded))
+    return index
+
+
+def write_synthetic_brats(out_root: Path | str, subjects: int, seed: int, settings: BrainSettings) -> pd.DataFrame:
+    """Write phantom subjects in the BraTS 2018 layout (HGG/LGG folders, int16 FLAIR and uint8 seg .nii.gz).
+
+    Geometry follows BraTS as SimpleITK reads it: identity direction (LPS), origin (0, -(ny - 1) * dy, 0); the
+    voxel size is settings.spacing_xyz (1 mm on the BraTS grid). Returns subject, grade, flair, seg, tumour_voxels.
+    """
+    out_root = Path(out_root)
+    spacing = settings.spacing_xyz
+    origin = (0.0, -(settings.shape_xyz[1] - 1) * spacing[1], 0.0)
+    rows = []
+    for i in tqdm(range(subjects), desc="synthetic BraTS", unit="subject"):
+        # One generator per subject: subject i is the same whatever the number of subjects. Grades are dealt
+        # in the p_lgg proportion rather than drawn, so that even a small data set has both.
+        lgg = int((i + 1) * settings.p_lgg) > int(i * settings.p_lgg)
+        params = draw_subject(np.random.default_rng([seed, i]), settings, grade="LGG" if lgg else "HGG")
+        flair, seg = render_subject(params, settings)
+        name = f"Brats18_SYN_{i:03d}_1"
+        folder = out_root / params.grade / name
+        paths = {}
+        for kind, array in (("flair", np.clip(np.rint(flair), 0, 32767).astype(np.int16)), ("seg", seg)):
+            image = sitk.GetImageFromArray(array)
+            image.SetSpacing(spacing)
+            image.SetOrigin(origin)
+            paths[kind] = folder / f"{name}_{kind}.nii.gz"
+            with atomic_path(paths[kind]) as tmp:
+                sitk.WriteImage(image, str(tmp), useCompression=True)
+        rows.append((name, params.grade, str(paths["flair"]), str(paths["seg"]), int((seg > 0).sum())))
+    frame = pd.DataFrame(rows, columns=["subject", "grade", "flair", "seg", "tumour_voxels"])
+    log.info("wrote %d synthetic BraTS subjects (%s) to %s", subjects, frame.grade.value_counts().to_dict(), out_root)
+    return frame

@@ -1,0 +1,305 @@
+"""LCS, liver segmentation: LiTS-2017 volumes resampled to one grid and tiled into cubes with liver masks.
+
+Real format (LiTS-2017 training batches): `<root>/volume-N.nii` (CT in HU) and `<root>/segmentation-N.nii`
+(0 background, 1 liver, 2 tumour; liver = label >= 1), N = 0..130; `.nii.gz` is accepted too. LiTS files come in
+several orientations (many are RAS-like, some with the slices running downwards), so each volume is reoriented to
+LPS first, then windowed, resampled to `volume_size_xyz` (area averaging where it shrinks, linear where it grows;
+the mask with nearest neighbour) and tiled into `cube_size_xyz` cubes, ids "volume-N:tile_z_y_x". The split is
+given by inclusive ranges of N (the paper: 0-99 train, 100-114 val, 115-129 test). Unreadable or truncated files,
+volume/segmentation size mismatches and segmentations without liver are excluded with a logged reason.
+
+`write_synthetic_lits` writes the same layout from the chest phantom, with the scan range moved down to the liver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from tqdm import tqdm
+
+from ..artifacts import atomic_path
+from ..parallel import ordered_map
+from ..phantom import LABELS, PhantomSettings, draw_patient, render_ct
+from ..preprocess_ct import reorient, to_unit, window_hu
+from ..readers import InputError, NoUsableDataError, read_volume
+from .taskdata import SPLITS, TaskWriter
+
+log = logging.getLogger(__name__)
+
+PAPER_SPLITS = {"train": [0, 99], "val": [100, 114], "test": [115, 129]}
+_VOLUME = re.compile(r"^volume-(\d+)\.nii(\.gz)?$")
+
+
+@dataclass(frozen=True)
+class LCSSettings:
+    """Split ranges of N (inclusive), the common volume grid and its cube tiling (x, y, z), HU window."""
+
+    splits: dict = field(default_factory=lambda: {k: list(v) for k, v in PAPER_SPLITS.items()})
+    volume_size_xyz: tuple[int, int, int] = (128, 128, 64)
+    cube_size_xyz: tuple[int, int, int] = (64, 64, 32)
+    hu_window: tuple[int, int] = (-1000, 1000)
+
+    def __post_init__(self):
+        unknown = set(self.splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"splits has unknown split(s) {sorted(unknown)}; use {SPLITS}")
+        for split, (lo, hi) in self.splits.items():
+            if hi < lo:
+                raise ValueError(f"split {split}: range [{lo}, {hi}] is empty")
+        if any(v % c or v < c for v, c in zip(self.volume_size_xyz, self.cube_size_xyz)):
+            raise ValueError(
+                f"volume_size_xyz {self.volume_size_xyz} must be a multiple of cube_size_xyz {self.cube_size_xyz}"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> LCSSettings:
+        """Build from a `tasks.lcs`-style section; missing keys keep their defaults (`volume_size`, `cube_size` too)."""
+        d = cls()
+        volume = cfg.get("volume_size_xyz", cfg.get("volume_size", d.volume_size_xyz))
+        return cls(
+            splits={str(k): [int(v[0]), int(v[1])] for k, v in cfg.get("splits", d.splits).items()},
+            volume_size_xyz=tuple(int(v) for v in volume),
+            cube_size_xyz=tuple(int(v) for v in cfg.get("cube_size_xyz", cfg.get("cube_size", d.cube_size_xyz))),
+            hu_window=tuple(int(v) for v in cfg.get("hu_window", d.hu_window)),
+        )
+
+    def split_of(self, n: int) -> str | None:
+        """The split whose range holds volume N, or None."""
+        return next((split for split, (lo, hi) in self.splits.items() if lo <= n <= hi), None)
+
+
+def proportional_splits(count: int) -> dict[str, list[int]]:
+    """The paper's 100/15/15 split scaled to volumes 0..count-1 (val and test get at least one volume each)."""
+    if count < 3:
+        raise ValueError(f"three splits need at least 3 volumes, not {count}")
+    held = max(1, int(round(count * 15 / 130)))
+    held = min(held, (count - 1) // 2)
+    train = count - 2 * held
+    return {"train": [0, train - 1], "val": [train, train + held - 1], "test": [train + held, count - 1]}
+
+
+# ---- synthetic counterpart ------------------------------------------------------------------------------------
+
+
+def _tumour(rng: np.random.Generator, liver: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray | None:
+    """A spherical lesion of 5-15 mm radius wholly inside the liver, or None where none fits."""
+    depth = ndimage.distance_transform_edt(liver, sampling=spacing_zyx)
+    radius = rng.uniform(5, 15)
+    inside = np.argwhere(depth > radius + 2)
+    if not len(inside):
+        return None
+    centre = inside[rng.integers(len(inside))]
+    reach = np.ceil(radius / spacing_zyx).astype(int) + 1
+    lo, hi = np.maximum(centre - reach, 0), np.minimum(centre + reach + 1, liver.shape)
+    z, y, x = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    dz, dy, dx = spacing_zyx
+    ball = ((z - centre[0]) * dz) ** 2 + ((y - centre[1]) * dy) ** 2 + ((x - centre[2]) * dx) ** 2 < radius**2
+    mask = np.zeros(liver.shape, bool)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    mask[box] = ball & liver[box]
+    return mask
+
+
+def _write_lits_volume(n: int, out_root: Path, seed: int, matrix: int) -> dict:
+    """Draw an abdominal scan around the liver, add a lesion in some, write volume-N.nii and segmentation-N.nii."""
+    rng = np.random.default_rng([seed, 6, n])
+    p = draw_patient(rng, PhantomSettings(matrix=matrix, nodules=(0, 0)))
+    # The chest phantom's scan stops just below the domes; LiTS scans run from the lung bases to below the liver.
+    # The world z of the right dome top is the pose centre's z, and the liver reaches at most liver_span below it.
+    dz = float(rng.choice([1.5, 2.0, 2.5, 3.0, 5.0], p=[0.1, 0.25, 0.3, 0.2, 0.15]))
+    top = p.center_xyz[2] + rng.uniform(30, 80)
+    bottom = p.center_xyz[2] - p.liver_span - rng.uniform(30, 70)
+    slices = int(round((top - bottom) / dz))
+    p = dataclasses.replace(
+        p,
+        shape_zyx=(slices, matrix, matrix),
+        spacing_xyz=(p.spacing_xyz[0], p.spacing_xyz[1], dz),
+        origin_xyz=(p.origin_xyz[0], p.origin_xyz[1], float(bottom)),
+    )
+    hu, lab = render_ct(p)
+    liver = lab == LABELS["liver"]
+    seg = liver.astype(np.uint8)
+    lesion = _tumour(rng, liver, np.asarray(p.spacing_xyz[::-1])) if rng.random() < 0.6 else None
+    if lesion is not None:
+        seg[lesion] = 2
+        # Most liver lesions are hypodense on portal-venous CT; subtracting keeps the noise texture.
+        hu[lesion] = np.clip(hu[lesion] - rng.uniform(30, 70), -1024, None).astype(np.int16)
+    # RAS-like storage, as in many LiTS files: x runs to the patient's right, y anterior; some run head to feet.
+    flip_z = bool(rng.random() < 0.3)
+    flips = (slice(None, None, -1) if flip_z else slice(None), slice(None, None, -1), slice(None, None, -1))
+    shape_xyz = np.asarray(hu.shape[::-1])
+    signs = np.array([-1.0, -1.0, -1.0 if flip_z else 1.0])
+    origin = np.asarray(p.origin_xyz) + (signs < 0) * (shape_xyz - 1) * np.asarray(p.spacing_xyz)
+    for name, array in ((f"volume-{n}.nii", hu), (f"segmentation-{n}.nii", seg)):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array[flips]))
+        image.SetSpacing(p.spacing_xyz)
+        image.SetOrigin([float(o) for o in origin])
+        image.SetDirection([float(v) for v in np.diag(signs).ravel()])
+        with atomic_path(out_root / name) as tmp:
+            sitk.WriteImage(image, str(tmp))
+    return dict(
+        n=n,
+        slices=slices,
+        spacing_z=dz,
+        liver_voxels=int(liver.sum()),
+        tumour_voxels=0 if lesion is None else int(lesion.sum()),
+        flip_z=flip_z,
+    )
+
+
+def write_synthetic_lits(out_root: Path | str, count: int, seed: int, matrix: int = 128, workers: int = 1) -> None:
+    """Write <out_root>/volume-N.nii and segmentation-N.nii (1 liver, 2 lesion), N = 0..count-1, from the phantom."""
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    work = partial(_write_lits_volume, out_root=out_root, seed=seed, matrix=matrix)
+    rows = list(tqdm(ordered_map(work, range(count), workers), total=count, desc="synthetic LiTS", unit="volume"))
+    for r in rows:
+        log.info(
+            "volume-%d: %d slices of %.1f mm, %d liver and %d lesion voxels%s",
+            r["n"],
+            r["slices"],
+            r["spacing_z"],
+            r["liver_voxels"],
+            r["tumour_voxels"],
+            ", slices head to feet" if r["flip_z"] else "",
+        )
+    log.info("wrote %d synthetic LiTS volumes under %s", count, out_root)
+
+
+# ---- reader -------------------------------------------------------------------------------------------------------
+
+
+def _resize_axis(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
+    """Resize one axis: area averaging when shrinking (no aliasing), linear interpolation when growing."""
+    if t.shape[axis] == n:
+        return t
+    moved = t.movedim(axis, -1)
+    flat = moved.reshape(-1, 1, moved.shape[-1])
+    if n < flat.shape[-1]:
+        out = F.adaptive_avg_pool1d(flat, n)
+    else:
+        out = F.interpolate(flat, size=n, mode="linear", align_corners=False)
+    return out.reshape(*moved.shape[:-1], n).movedim(-1, axis)
+
+
+def resize_unit(hu: np.ndarray, size_zyx: tuple[int, int, int], window: tuple[int, int], slab: int = 16) -> np.ndarray:
+    """Windowed HU -> [0, 1] float32 of size_zyx; in-plane first, slab by slab, so a 512x512 scan never goes float."""
+    _, ny, nx = size_zyx
+    planes = []
+    for z in range(0, len(hu), slab):
+        t = torch.from_numpy(to_unit(hu[z : z + slab], window))
+        planes.append(_resize_axis(_resize_axis(t, 1, ny), 2, nx))
+    out = _resize_axis(torch.cat(planes), 0, size_zyx[0]).numpy()
+    return np.clip(out, 0.0, 1.0)
+
+
+def resize_nearest(mask: np.ndarray, size_zyx: tuple[int, int, int]) -> np.ndarray:
+    """Nearest-neighbour resize on voxel centres (the same grid as resize_unit's)."""
+    index = [np.minimum(((np.arange(n) + 0.5) * s / n).astype(int), s - 1) for n, s in zip(size_zyx, mask.shape)]
+    return mask[np.ix_(*index)]
+
+
+def _pair(root: Path, n: int, volume: Path) -> Path:
+    """The segmentation file of volume N (.nii or .nii.gz, whichever exists; the volume's suffix first)."""
+    suffixes = (".nii.gz", ".nii") if volume.name.endswith(".gz") else (".nii", ".nii.gz")
+    for suffix in suffixes:
+        if (path := root / f"segmentation-{n}{suffix}").exists():
+            return path
+    return root / f"segmentation-{n}{suffixes[0]}"
+
+
+def load_volume(volume: Path, segmentation: Path, settings: LCSSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(image in [0, 1], liver mask uint8) on the settings' grid, reoriented to LPS; InputError when unusable."""
+    image, seg = read_volume(volume), read_volume(segmentation)
+    if image.GetSize() != seg.GetSize():
+        raise InputError(segmentation, f"has size {seg.GetSize()}, its volume {volume.name} has {image.GetSize()}")
+    if not np.allclose(image.GetDirection(), seg.GetDirection(), atol=1e-3):
+        raise InputError(segmentation, f"has other axis directions than its volume {volume.name}")
+    seg.CopyInformation(image)  # LiTS segmentation headers differ from their volumes' by rounding in places
+    image, seg = reorient(image, "LPS"), reorient(seg, "LPS")
+    labels = sitk.GetArrayViewFromImage(seg)
+    liver = labels >= 1  # tumour (2) lies inside the liver and counts as liver
+    if not liver.any():
+        raise InputError(segmentation, "has no liver voxel (label >= 1)")
+    size_zyx = tuple(settings.volume_size_xyz[::-1])
+    unit = resize_unit(window_hu(sitk.GetArrayViewFromImage(image), settings.hu_window), size_zyx, settings.hu_window)
+    return unit, resize_nearest(liver, size_zyx).astype(np.uint8)
+
+
+def tiles(size_zyx: tuple[int, ...], cube_zyx: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Tile indices (z, y, x) of a grid cut into cubes."""
+    counts = [s // c for s, c in zip(size_zyx, cube_zyx)]
+    return [tuple(int(i) for i in t) for t in np.ndindex(*counts)]
+
+
+def find_volumes(root: Path | str) -> dict[int, Path]:
+    """volume-N.nii(.gz) files under root by N."""
+    found = {}
+    for path in sorted(Path(root).iterdir()):
+        if match := _VOLUME.match(path.name):
+            found.setdefault(int(match.group(1)), path)
+    return dict(sorted(found.items()))
+
+
+def prepare_lcs(root: Path | str, out_h5: Path | str, settings: LCSSettings, synthetic: bool) -> pd.DataFrame:
+    """Resample and tile every LiTS volume under root into the LCS task file; return tiles and excluded volumes."""
+    root = Path(root)
+    volumes = find_volumes(root)
+    if not volumes:
+        raise NoUsableDataError(f"no volume-N.nii or volume-N.nii.gz under {root}")
+    size_zyx = tuple(settings.volume_size_xyz[::-1])
+    cube_zyx = tuple(settings.cube_size_xyz[::-1])
+    columns = ["id", "volume", "split", "tile_z", "tile_y", "tile_x", "liver_voxels", "status", "reason"]
+    rows = []
+    with TaskWriter(out_h5, "lcs", cube_zyx, synthetic, str(root), asdict(settings)) as writer:
+        for n, volume in tqdm(volumes.items(), desc="LCS volumes", unit="volume"):
+            split = settings.split_of(n)
+            try:
+                if split is None:
+                    raise InputError(volume, f"N = {n} lies in no split range of {settings.splits}")
+                unit, mask = load_volume(volume, _pair(root, n, volume), settings)
+            except InputError as error:
+                log.warning("excluded volume-%d: %s", n, error)
+                rows.append(dict(id=f"volume-{n}", volume=n, split=split, status="excluded", reason=str(error)))
+                continue
+            for tz, ty, tx in tiles(size_zyx, cube_zyx):
+                box = tuple(slice(t * c, (t + 1) * c) for t, c in zip((tz, ty, tx), cube_zyx))
+                sample_id = f"volume-{n}:tile_{tz}_{ty}_{tx}"
+                writer.add(split, unit[box], mask[box], sample_id)
+                rows.append(
+                    dict(
+                        id=sample_id,
+                        volume=n,
+                        split=split,
+                        tile_z=tz,
+                        tile_y=ty,
+                        tile_x=tx,
+                        liver_voxels=int(mask[box].sum()),
+                        status="ok",
+                        reason="",
+                    )
+                )
+        result = pd.DataFrame(rows, columns=columns)
+        usable = result[result.status == "ok"]
+        if usable.empty:  # raised inside the block, so that no empty task file appears
+            raise NoUsableDataError(f"no usable LiTS volume among the {len(volumes)} under {root}")
+    log.info(
+        "LCS: %d volumes -> %d cubes %s, %d volumes excluded -> %s",
+        usable.volume.nunique(),
+        len(usable),
+        usable.groupby("split").size().to_dict(),
+        (result.status != "ok").sum(),
+        out_h5,
+    )
+    return result

@@ -1,0 +1,247 @@
+"""NCS, lung nodule segmentation: nodule-centred CT cubes and their binary masks.
+
+The public LIDC-IDRI data (DICOM + XML reader annotations) needs a conversion that is out of scope here; this module
+reads an accepted, documented layout instead, which any conversion (e.g. pylidc consensus masks) can write:
+
+    <root>/index.csv        columns id, image, mask, split (one nodule-centred cube per row)
+    <root>/<image>          CT cube in HU, any SimpleITK 3D format (.nii.gz, .nii, .mhd/.raw, .nrrd, ...)
+    <root>/<mask>           same voxel grid as the image; binary, or labels where label > 0 is nodule
+
+`image` and `mask` are paths relative to root; `split` is train, val or test; `id` must be unique. Cubes are
+reoriented to LPS, windowed (default [-1000, 1000] HU) and scaled to [0, 1]. A cube whose size differs from
+`cube_size_xyz` is padded/cropped about its centre (`fit: crop`, spacing kept) or resampled to it (`fit: resample`).
+Rows with a missing or unreadable file, mismatched image/mask grids, an empty mask or an unknown split are excluded
+with a logged reason; they are not fatal.
+
+`write_synthetic_ncs` writes this layout from the synthetic LUNA16 set (scans, `phantom-labels/` label maps and
+`annotations.csv`), so the pipeline runs end to end without LIDC-IDRI.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from scipy import ndimage
+from tqdm import tqdm
+
+from ..artifacts import atomic_path
+from ..phantom import LABELS
+from ..preprocess_ct import reorient, to_unit, window_hu
+from ..readers import InputError, NoUsableDataError, read_volume
+from .ncc import crop_padded, world_to_index
+from .taskdata import SPLITS, TaskWriter
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = ("id", "image", "mask", "split")
+FITS = ("crop", "resample")
+
+
+@dataclass(frozen=True)
+class NCSSettings:
+    """Cube size (x, y, z), HU window, and how a cube of another size is brought to it."""
+
+    cube_size_xyz: tuple[int, int, int] = (64, 64, 32)
+    hu_window: tuple[int, int] = (-1000, 1000)
+    fit: str = "crop"  # crop: pad/crop about the centre (keeps the spacing); resample: scale to the cube size
+
+    def __post_init__(self):
+        if len(self.cube_size_xyz) != 3 or min(self.cube_size_xyz) < 1:
+            raise ValueError(f"cube_size_xyz must be three positive sizes, not {self.cube_size_xyz}")
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, not {self.fit!r}")
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> NCSSettings:
+        """Build from a `tasks.ncs`-style section; missing keys keep their defaults (`cube_size` is an alias)."""
+        d = cls()
+        return cls(
+            cube_size_xyz=tuple(int(v) for v in cfg.get("cube_size_xyz", cfg.get("cube_size", d.cube_size_xyz))),
+            hu_window=tuple(int(v) for v in cfg.get("hu_window", d.hu_window)),
+            fit=str(cfg.get("fit", d.fit)),
+        )
+
+
+# ---- synthetic counterpart ------------------------------------------------------------------------------------
+
+
+def _centre_component(mask: np.ndarray, centre: tuple[int, ...]) -> np.ndarray:
+    """The connected part of mask that holds the centre voxel (or the part nearest to it); other nodules are dropped."""
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    keep = labels[centre]
+    if keep == 0:
+        points = np.argwhere(labels > 0)
+        keep = labels[tuple(points[np.argmin(((points - np.asarray(centre)) ** 2).sum(1))])]
+    return labels == keep
+
+
+def _write_nifti(array: np.ndarray, spacing, origin, direction, path: Path) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in origin])
+    image.SetDirection([float(d) for d in direction])
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def write_synthetic_ncs(
+    luna_root: Path | str,
+    out_root: Path | str,
+    ct_splits: dict[str, list[str]],
+    cube_size_xyz: tuple[int, int, int] = (64, 64, 32),
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Cut a cube around every annotated nodule of the synthetic LUNA16 set into the NCS layout; return index.csv.
+
+    ct_splits maps split -> subsets (config `preprocess.ct.splits`); the mask is the phantom's nodule label
+    restricted to the nodule at the centre. The centre is jittered by up to 30% of the nodule radius (seeded), so
+    that a model cannot learn that the answer always sits on the exact centre voxel, yet stays inside the nodule.
+    """
+    luna_root, out_root = Path(luna_root), Path(out_root)
+    split_of = {subset: split for split, subsets in ct_splits.items() for subset in subsets}
+    annotations = pd.read_csv(luna_root / "annotations.csv", dtype={"seriesuid": str})
+    scans = {p.name[: -len(".mhd")]: p for p in luna_root.glob("subset*/*.mhd")}
+    size_zyx = np.asarray(cube_size_xyz[::-1])
+    rows = []
+    groups = annotations.groupby("seriesuid", sort=False)
+    for uid, nodules in tqdm(groups, total=groups.ngroups, desc="synthetic NCS", unit="scan"):
+        path = scans.get(uid)
+        split = split_of.get(path.parent.name) if path else None
+        if split is None:
+            log.warning("%s: scan %s, in no split of %s; its nodules are skipped", uid, path, ct_splits)
+            continue
+        image = read_volume(path)
+        labels = read_volume(luna_root / "phantom-labels" / f"{uid}.mhd")
+        hu, lab = sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(labels)
+        spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+        matrix = np.asarray(direction).reshape(3, 3) * np.asarray(spacing)
+        for k, nodule in enumerate(nodules.itertuples()):
+            world = np.array([nodule.coordX, nodule.coordY, nodule.coordZ])
+            voxel = np.rint(world_to_index(world, origin, spacing, direction)).astype(int)
+            rng = np.random.default_rng([seed, zlib.crc32(uid.encode()), k])
+            reach = np.floor(0.3 * nodule.diameter_mm / 2 / np.asarray(spacing)[::-1]).astype(int)
+            start = voxel + rng.integers(-reach, reach + 1) - size_zyx // 2
+            cube = crop_padded(hu, start, tuple(size_zyx), fill=-1000)
+            mask = crop_padded(lab, start, tuple(size_zyx), fill=0) == LABELS["nodule"]
+            if not mask.any():
+                log.warning("%s nodule %d: no nodule voxel in its cube; skipped", uid, k)
+                continue
+            mask = _centre_component(mask, tuple(np.clip(voxel - start, 0, size_zyx - 1)))
+            sample = f"{uid}_n{k}"
+            corner = np.asarray(origin) + matrix @ start[::-1].astype(float)  # world position of voxel 0 of the cube
+            _write_nifti(cube, spacing, corner, direction, out_root / "images" / f"{sample}.nii.gz")
+            _write_nifti(mask.astype(np.uint8), spacing, corner, direction, out_root / "masks" / f"{sample}.nii.gz")
+            rows.append(
+                dict(
+                    id=sample,
+                    image=f"images/{sample}.nii.gz",
+                    mask=f"masks/{sample}.nii.gz",
+                    split=split,
+                    seriesuid=uid,
+                    diameter_mm=nodule.diameter_mm,
+                    voxels=int(mask.sum()),
+                )
+            )
+    index = pd.DataFrame(rows, columns=[*INDEX_COLUMNS, "seriesuid", "diameter_mm", "voxels"])
+    with atomic_path(out_root / "index.csv") as tmp:  # last: its presence means every file it names is complete
+        index.to_csv(tmp, index=False)
+    log.info("wrote %d synthetic NCS cubes %s under %s", len(index), index.groupby("split").size().to_dict(), out_root)
+    return index
+
+
+# ---- reader of the layout ---------------------------------------------------------------------------------------
+
+
+def fit_to_size(array: np.ndarray, size_zyx: tuple[int, ...], fill, order: int | None = None) -> np.ndarray:
+    """Bring an array to size_zyx: pad with fill / crop about the centre, or resample with spline `order` if given."""
+    if array.shape == tuple(size_zyx):
+        return array
+    if order is not None:
+        zoom = np.asarray(size_zyx) / np.asarray(array.shape)
+        return ndimage.zoom(array, zoom, order=order, grid_mode=True, mode="nearest")
+    start = (np.asarray(array.shape) - np.asarray(size_zyx)) // 2
+    return crop_padded(array, start, tuple(size_zyx), fill)
+
+
+def read_index(root: Path | str) -> pd.DataFrame:
+    """Read <root>/index.csv; raise InputError naming it when it is missing or lacks columns."""
+    path = Path(root) / "index.csv"
+    if not path.exists():
+        raise InputError(path, f"does not exist; the NCS layout needs an index.csv with columns {INDEX_COLUMNS}")
+    index = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise InputError(path, f"lacks column(s) {', '.join(missing)}; expected {', '.join(INDEX_COLUMNS)}")
+    return index
+
+
+def load_case(root: Path, row, settings: NCSSettings) -> tuple[np.ndarray, np.ndarray]:
+    """One case as (image in [0, 1], binary mask) at the cube size; raise InputError when it is unusable."""
+    image_path, mask_path = root / row.image, root / row.mask
+    image, mask = read_volume(image_path), read_volume(mask_path)
+    if image.GetSize() != mask.GetSize():
+        raise InputError(mask_path, f"has size {mask.GetSize()}, its image {image_path.name} has {image.GetSize()}")
+    if not np.allclose(image.GetSpacing(), mask.GetSpacing(), rtol=1e-3) or not np.allclose(
+        image.GetDirection(), mask.GetDirection(), atol=1e-3
+    ):
+        raise InputError(mask_path, f"has another voxel grid (spacing or direction) than its image {image_path.name}")
+    mask.CopyInformation(image)  # origins may differ by rounding in converters; the size and axes match
+    image, mask = reorient(image, "LPS"), reorient(mask, "LPS")
+    labels = sitk.GetArrayViewFromImage(mask)
+    if not (labels > 0).any():
+        raise InputError(mask_path, "has no foreground voxel (label > 0)")
+    size_zyx = tuple(settings.cube_size_xyz[::-1])
+    hu = window_hu(sitk.GetArrayViewFromImage(image), settings.hu_window)
+    resample = settings.fit == "resample"
+    unit = to_unit(hu, settings.hu_window)
+    unit = np.clip(fit_to_size(unit, size_zyx, 0.0, 1 if resample else None), 0, 1)
+    target = fit_to_size((labels > 0).astype(np.uint8), size_zyx, 0, 0 if resample else None)
+    if not target.any():
+        raise InputError(mask_path, f"its foreground lies outside the central {settings.cube_size_xyz} voxels")
+    return unit, target
+
+
+def prepare_ncs(root: Path | str, out_h5: Path | str, settings: NCSSettings, synthetic: bool) -> pd.DataFrame:
+    """Read the NCS layout under root into the NCS task file; return every index row with its status and reason."""
+    root = Path(root)
+    index = read_index(root)
+    size_zyx = tuple(settings.cube_size_xyz[::-1])
+    rows = []
+    seen: set[str] = set()
+    with TaskWriter(out_h5, "ncs", size_zyx, synthetic, str(root), asdict(settings)) as writer:
+        for row in tqdm(index.itertuples(), total=len(index), desc="NCS cubes", unit="nodule"):
+            record = dict(id=row.id, split=row.split, image=row.image, mask=row.mask, status="ok", reason="")
+            try:
+                if row.split not in SPLITS:
+                    raise InputError(root / "index.csv", f"row {row.id}: split {row.split!r} is not one of {SPLITS}")
+                if row.id in seen or not row.id:
+                    raise InputError(root / "index.csv", f"row {row.id!r}: empty or duplicate id")
+                image, target = load_case(root, row, settings)
+            except InputError as error:
+                record.update(status="excluded", reason=str(error))
+                log.warning("excluded NCS case %s: %s", row.id, error)
+            else:
+                seen.add(row.id)
+                writer.add(row.split, image, target, row.id)
+                record["voxels"] = int(target.sum())
+            rows.append(record)
+        result = pd.DataFrame(rows, columns=["id", "split", "image", "mask", "status", "reason", "voxels"])
+        usable = result[result.status == "ok"]
+        if usable.empty:  # raised inside the block, so that no empty task file appears
+            raise NoUsableDataError(f"no usable NCS case among the {len(index)} rows of {root / 'index.csv'}")
+    log.info(
+        "NCS: %d cubes %s, %d excluded -> %s",
+        len(usable),
+        usable.groupby("split").size().to_dict(),
+        len(result) - len(usable),
+        out_h5,
+    )
+    return result
