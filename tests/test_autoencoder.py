@@ -127,7 +127,7 @@ def test_resume_refuses_other_settings_or_data(tmp_path) -> None:
     train_autoencoder(train, val, one_epoch, tmp_path)
     with pytest.raises(ValueError, match="base_width"):
         train_autoencoder(train, val, dataclasses.replace(one_epoch, base_width=2), tmp_path)
-    with pytest.raises(ValueError, match="other training"):
+    with pytest.raises(ValueError, match="other data"):
         train_autoencoder(train[:4], val, one_epoch, tmp_path)
 
 

@@ -24,7 +24,7 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
-from .training import batches, improved, reproducible  # noqa: E402
+from .training import batches, improved, load_checkpoint, reproducible  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +221,7 @@ def train_autoencoder(
         best_weights = copy.deepcopy(model.state_dict())
 
         checkpoint_path = out_dir / "checkpoint.pt"
-        # RNG states must stay on the CPU; load_state_dict moves weights and optimizer state to the device.
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True) if checkpoint_path.exists() else None
-        problem = _resume_problem(saved, settings, fingerprint) if saved is not None else None
-        if problem and not restart_stale:
-            raise ValueError(f"{checkpoint_path} {problem}; delete it to restart")
-        if problem:
-            log.warning("%s %s: starting afresh", checkpoint_path, problem)
-            saved = None
+        saved = load_checkpoint(checkpoint_path, asdict(settings), fingerprint, RESUMABLE_CHANGES, restart_stale, log)
         if saved is not None:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -319,16 +312,6 @@ def train_autoencoder(
         out_dir / "reconstructions.png",
     )
     return history
-
-
-def _resume_problem(saved: dict, settings: AutoencoderSettings, fingerprint: str) -> str | None:
-    """Why a checkpoint must not be resumed (other settings or other data), or None: two runs are never mixed."""
-    changed = {k for k, v in asdict(settings).items() if saved["settings"].get(k) != v} - RESUMABLE_CHANGES
-    if changed:
-        return f"was written with other settings ({', '.join(sorted(changed))})"
-    if saved["fingerprint"] != fingerprint:
-        return "was written for other training or validation images"
-    return None
 
 
 @torch.no_grad()

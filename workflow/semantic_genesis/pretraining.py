@@ -35,7 +35,7 @@ from tqdm import tqdm  # noqa: E402
 from .artifacts import atomic_path  # noqa: E402
 from .methods import METHODS, Method  # noqa: E402
 from .networks import GenesisNet, NetworkSettings, save_pretrained  # noqa: E402
-from .training import batches, improved, reproducible, resolve_device  # noqa: E402
+from .training import batches, improved, load_checkpoint, reproducible, resolve_device  # noqa: E402
 from .transforms import TransformSettings, apply, apply_batch, draw, draw_step, sample_generator  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -361,16 +361,6 @@ class Pretrainer:
         self.scaler.load_state_dict(saved["scaler"])
 
 
-def _resume_problem(saved: dict, settings: PretrainSettings, fingerprint: str) -> str | None:
-    """Why a checkpoint must not be resumed (other settings or other patches), or None."""
-    changed = {k for k, v in asdict(settings).items() if saved["settings"].get(k) != v} - RESUMABLE_CHANGES
-    if changed:
-        return f"was written with other settings ({', '.join(sorted(changed))})"
-    if saved["fingerprint"] != fingerprint:
-        return "was written for other patches"
-    return None
-
-
 def pretrain(
     patches_h5: Path | str, settings: PretrainSettings, out_dir: Path | str, restart_stale: bool = False
 ) -> pd.DataFrame:
@@ -405,13 +395,7 @@ def pretrain(
         state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "stopped": False, "history": []}
         best_weights = copy.deepcopy(run.model.state_dict())
         checkpoint = out_dir / "checkpoint.pt"
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.exists() else None
-        problem = _resume_problem(saved, settings, fingerprint) if saved is not None else None
-        if problem and not restart_stale:
-            raise ValueError(f"{checkpoint} {problem}; delete it to restart")
-        if problem:
-            log.warning("%s %s: starting afresh", checkpoint, problem)
-            saved = None
+        saved = load_checkpoint(checkpoint, asdict(settings), fingerprint, RESUMABLE_CHANGES, restart_stale, log)
         if saved is not None:
             run.load_state(saved)
             best_weights, state = saved["best_weights"], saved["state"]

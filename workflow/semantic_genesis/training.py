@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import torch
 
@@ -51,3 +53,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for, but PyTorch sees no CUDA GPU")
     return device
+
+
+def load_checkpoint(
+    path: Path,
+    settings: Mapping,
+    fingerprint: str,
+    resumable: set[str],
+    restart_stale: bool,
+    log: logging.Logger,
+) -> dict | None:
+    """The checkpoint at path if this run may resume it, else None (none there, or stale and restart_stale).
+
+    A checkpoint is stale when it was written with other settings (beyond the `resumable` ones, which do not change
+    what a run computes) or for other data (`fingerprint`): two runs are never mixed. A stale checkpoint is an error
+    unless restart_stale (a workflow rerun after a config change), in which case it is ignored and later overwritten.
+    """
+    if not path.exists():
+        return None
+    # RNG states must stay on the CPU; load_state_dict moves weights and optimizer state to the device.
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    changed = {k for k, v in settings.items() if saved["settings"].get(k) != v} - resumable
+    problem = None
+    if changed:
+        problem = f"was written with other settings ({', '.join(sorted(changed))})"
+    elif saved["fingerprint"] != fingerprint:
+        problem = "was written for other data"
+    if problem and not restart_stale:
+        raise ValueError(f"{path} {problem}; delete it to restart")
+    if problem:
+        log.warning("%s %s: starting afresh", path, problem)
+        return None
+    return saved
