@@ -24,7 +24,7 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
-from .training import batches, improved, load_checkpoint, reproducible  # noqa: E402
+from .training import batches, end_epoch, fresh_run_state, load_checkpoint, reproducible  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def train_autoencoder(
             threshold=settings.min_improvement,
         )
         shuffle = torch.Generator().manual_seed(settings.seed)
-        state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "stopped": False, "history": []}
+        state = fresh_run_state()
         best_weights = copy.deepcopy(model.state_dict())
 
         checkpoint_path = out_dir / "checkpoint.pt"
@@ -257,12 +257,9 @@ def train_autoencoder(
             watched = val_loss if len(val) else train_loss
             scheduler.step(watched)
 
-            if improved(watched, state["best_loss"], settings.min_improvement):
-                state.update(best_loss=watched, best_epoch=epoch + 1)
+            if end_epoch(state, watched, settings.min_improvement, settings.early_stopping_patience):
                 best_weights = copy.deepcopy(model.state_dict())
-            state["stopped"] = epoch + 1 - state["best_epoch"] >= settings.early_stopping_patience
             seconds = time.perf_counter() - start
-            state["epoch"] = epoch + 1
             state["history"].append(dict(zip(HISTORY_COLUMNS, [epoch + 1, train_loss, val_loss, lr, seconds])))
             progress.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}", lr=f"{lr:.2g}")
             log.info(

@@ -38,7 +38,7 @@ from . import metrics  # noqa: E402
 from .artifacts import atomic_path  # noqa: E402
 from .networks import ARCHITECTURE_FILE, build_unet, count_parameters, load_pretrained  # noqa: E402
 from .tasks.taskdata import TASKS, TaskData  # noqa: E402
-from .training import batches, improved, reproducible, resolve_device  # noqa: E402
+from .training import batches, end_epoch, fresh_run_state, reproducible, resolve_device  # noqa: E402
 from .unet2d import ResNetEncoder2D  # noqa: E402
 from .unet3d import Encoder3D  # noqa: E402
 
@@ -447,7 +447,7 @@ def finetune(
         if not n_val:
             log.warning("%s has no validation samples: scheduling and early stopping watch the training loss", task_h5)
 
-        best_loss, best_epoch, history = float("inf"), 0, []
+        state, history = fresh_run_state(), []
         best_weights = copy.deepcopy(run.model.state_dict())
         progress = tqdm(range(1, settings.max_epochs + 1), unit="epoch")
         for epoch in progress:
@@ -458,9 +458,8 @@ def finetune(
             val_metric = val.summary()["metric"] if val else float("nan")
             watched = val_loss if monitored == "val" else train_loss
             run.scheduler.step(watched)
-            is_best = improved(watched, best_loss, settings.min_improvement)
+            is_best = end_epoch(state, watched, settings.min_improvement, settings.early_stopping_patience)
             if is_best:
-                best_loss, best_epoch = watched, epoch
                 best_weights = copy.deepcopy(run.model.state_dict())
             seconds = time.perf_counter() - start
             history.append(
@@ -480,14 +479,17 @@ def finetune(
                 seconds,
                 " (best)" if is_best else "",
             )
-            if epoch - best_epoch >= settings.early_stopping_patience:
+            if state["stopped"]:
                 patience = settings.early_stopping_patience
                 log.info("early stopping: no %s-loss improvement for %d epochs", monitored, patience)
                 break
         progress.close()
 
         run.model.load_state_dict(best_weights)
-        log.info("best %s loss %.6f at epoch %d; testing on %d samples", monitored, best_loss, best_epoch, n_test)
+        best_epoch = state["best_epoch"]
+        log.info(
+            "best %s loss %.6f at epoch %d; testing on %d samples", monitored, state["best_loss"], best_epoch, n_test
+        )
         with atomic_path(out_dir / "predictions.h5") as tmp, h5py.File(tmp, "w") as sink:
             sink.attrs.update(
                 task=settings.task,

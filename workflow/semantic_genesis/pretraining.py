@@ -35,7 +35,7 @@ from tqdm import tqdm  # noqa: E402
 from .artifacts import atomic_path  # noqa: E402
 from .methods import METHODS, Method  # noqa: E402
 from .networks import GenesisNet, NetworkSettings, save_pretrained  # noqa: E402
-from .training import batches, improved, load_checkpoint, reproducible, resolve_device  # noqa: E402
+from .training import batches, end_epoch, fresh_run_state, load_checkpoint, reproducible, resolve_device  # noqa: E402
 from .transforms import TransformSettings, apply, apply_batch, draw, draw_step, sample_generator  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -392,7 +392,7 @@ def pretrain(
             run.device,
             f" ({run.amp} autocast)" if run.amp else "",
         )
-        state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "stopped": False, "history": []}
+        state = fresh_run_state()
         best_weights = copy.deepcopy(run.model.state_dict())
         checkpoint = out_dir / "checkpoint.pt"
         saved = load_checkpoint(checkpoint, asdict(settings), fingerprint, RESUMABLE_CHANGES, restart_stale, log)
@@ -414,11 +414,8 @@ def pretrain(
                 run.scheduler.step(watched)
             else:
                 run.scheduler.step()
-            if improved(watched, state["best_loss"], settings.min_improvement):
-                state.update(best_loss=watched, best_epoch=epoch + 1)
+            if end_epoch(state, watched, settings.min_improvement, settings.early_stopping_patience):
                 best_weights = copy.deepcopy(run.model.state_dict())
-            state["stopped"] = epoch + 1 - state["best_epoch"] >= settings.early_stopping_patience
-            state["epoch"] = epoch + 1
             row = {"epoch": epoch + 1, "lr": lr, "seconds": seconds, "samples_per_s": len(run.data["train"]) / seconds}
             row |= {f"train_{k}": v for k, v in train.items()} | {f"val_{k}": v for k, v in val.items()}
             state["history"].append(row)

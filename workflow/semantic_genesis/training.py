@@ -45,6 +45,23 @@ def improved(loss: float, best: float, min_improvement: float) -> bool:
     return loss < best * (1 - min_improvement)
 
 
+def fresh_run_state() -> dict:
+    """Epoch bookkeeping of a run (kept in its checkpoint): epochs done, best monitored loss and epoch, stop flag."""
+    return {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "stopped": False, "history": []}
+
+
+def end_epoch(state: dict, watched: float, min_improvement: float, patience: int) -> bool:
+    """Count one finished epoch with its monitored loss: update the best and the early-stopping flag.
+
+    Returns whether this epoch is the new best (its weights should be kept)."""
+    state["epoch"] += 1
+    best = improved(watched, state["best_loss"], min_improvement)
+    if best:
+        state.update(best_loss=watched, best_epoch=state["epoch"])
+    state["stopped"] = state["epoch"] - state["best_epoch"] >= patience
+    return best
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """The requested device; "auto" takes the first GPU when there is one, else the CPU."""
     if name == "auto":
