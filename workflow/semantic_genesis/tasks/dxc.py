@@ -75,14 +75,6 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of a binary mask to size x size (pixel centres mapped to the source pixels)."""
-    h, w = mask.shape
-    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(int), h - 1)
-    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(int), w - 1)
-    return mask[rows[:, None], cols[None, :]]
-
-
 def prepare_dxc(
     images_h5: Path | str,
     images_tsv: Path | str,

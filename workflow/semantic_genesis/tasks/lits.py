@@ -204,9 +204,9 @@ def resize_unit(hu: np.ndarray, size_zyx: tuple[int, int, int], window: tuple[in
     return np.clip(out, 0.0, 1.0)
 
 
-def resize_nearest(mask: np.ndarray, size_zyx: tuple[int, int, int]) -> np.ndarray:
-    """Nearest-neighbour resize on voxel centres (the same grid as resize_unit's)."""
-    index = [np.minimum(((np.arange(n) + 0.5) * s / n).astype(int), s - 1) for n, s in zip(size_zyx, mask.shape)]
+def resize_nearest(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resize of a 2D or 3D mask on pixel / voxel centres (the same grid as resize_unit's)."""
+    index = [np.minimum(((np.arange(n) + 0.5) * s / n).astype(int), s - 1) for n, s in zip(size, mask.shape)]
     return mask[np.ix_(*index)]
 
 

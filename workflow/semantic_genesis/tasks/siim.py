@@ -26,7 +26,8 @@ from ..artifacts import atomic_path
 from ..parallel import ordered_map
 from ..phantom import PatientParams, PhantomSettings, draw_patient, radiograph_field_mm, render_radiograph
 from ..readers import InputError, NoUsableDataError, read_radiograph
-from .dxc import resize_image, resize_mask
+from .dxc import resize_image
+from .lits import resize_nearest
 from .taskdata import SPLITS, TaskWriter
 
 log = logging.getLogger(__name__)
@@ -304,7 +305,7 @@ def _load(item: tuple[str, tuple[int, int], pd.DataFrame], size: int) -> tuple[n
     if image.shape != shape:
         return f"pixel data of shape {image.shape} differs from the header's {shape}"
     mask = _decode_rows(rows, shape)  # already checked once, so it cannot fail here
-    return resize_image(image, size), resize_mask(mask, size).astype(np.uint8), int(mask.sum())
+    return resize_image(image, size), resize_nearest(mask, (size, size)).astype(np.uint8), int(mask.sum())
 
 
 def prepare_pxs(
