@@ -1,12 +1,16 @@
-"""Rule pretrain: one pretraining method on one kind's patches (resumes after an interruption)."""
+"""Rule pretrain: one pretraining method on one kind's patches (resumes after an interruption).
+
+The rule's gpu resource picks the GPUs (several: one torchrun process each, DistributedDataParallel)."""
 
 from pathlib import Path
 
+from semantic_genesis.gpus import claim_gpus
 from semantic_genesis.logs import rule_logging
 from semantic_genesis.pretraining import PretrainSettings, pretrain
 
-with rule_logging(snakemake.log[0]):
+with rule_logging(snakemake.log[0]), claim_gpus(snakemake.resources.get("gpu", 0)) as gpus:
     # Worker count and threads choose hardware, not results, so they come from the config, not from params.
     execution = {"workers": snakemake.config["pretrain"]["workers"], "num_threads": snakemake.threads}
     settings = PretrainSettings.from_dict({**snakemake.params.settings, **execution})
-    pretrain(snakemake.input.patches, settings, Path(snakemake.output.weights).parent, restart_stale=True)
+    out_dir = Path(snakemake.output.weights).parent
+    pretrain(snakemake.input.patches, settings, out_dir, True, max(1, len(gpus)), snakemake.log[0])

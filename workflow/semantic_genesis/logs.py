@@ -12,13 +12,14 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @contextlib.contextmanager
-def rule_logging(log_path: Path | str | None, level: int = logging.INFO) -> Iterator[logging.Logger]:
-    """Send the package's log records to `log_path` and stderr for the duration of one job; log any failure."""
+def rule_logging(log_path: Path | str | None, level: int = logging.INFO, mode: str = "w") -> Iterator[logging.Logger]:
+    """Send the package's log records to `log_path` (opened with `mode`) and stderr for the duration of one job; log
+    any failure."""
     logger = logging.getLogger("semantic_genesis")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="w"))
+        handlers.append(logging.FileHandler(log_path, mode=mode))
     formatter = logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
     for handler in handlers:
         handler.setFormatter(formatter)

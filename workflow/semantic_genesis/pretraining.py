@@ -5,10 +5,15 @@ patches.h5 and are read lazily, one file handle per DataLoader worker. A sample'
 (seed, epoch, index), and the batch order only on (seed, epoch), so a run resumed from its per-epoch checkpoint ends
 with the same weights as an uninterrupted one, whatever the number of workers. Validation uses epoch 0's draw every
 epoch: its transforms are fixed, so early stopping watches a loss that changes only with the weights.
+
+With processes > 1 (one per GPU) the run is data-parallel under torchrun: every global batch is shared out among the
+processes, a step equals the single-process step on that batch (distributed.py), and rank 0 alone writes.
+Each torchrun process runs `main` (through the module semantic_genesis.pretrain_process).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
@@ -16,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import h5py
@@ -29,10 +34,13 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
+from .distributed import SINGLE, Processes, all_sum, launch, process_group, share_weight, with_global_batchnorm  # noqa: E402
+from .logs import rule_logging  # noqa: E402
 from .methods import METHODS, Method  # noqa: E402
 from .networks import GenesisNet, NetworkSettings, save_pretrained  # noqa: E402
 from .training import batches, end_epoch, fresh_run_state, load_checkpoint, reproducible, resolve_device  # noqa: E402
@@ -181,21 +189,37 @@ def collate(samples: Sequence[tuple]) -> dict:
 
 
 class EpochBatches(Sampler):
-    """Batches of (epoch, index) keys: the order is a function of (seed, epoch) alone; set .epoch before iterating."""
+    """Batches of (epoch, index) keys: the order is a function of (seed, epoch) alone; set .epoch before iterating.
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool):
+    Among several processes each takes its share of every batch. In lockstep (training, where every process must
+    join every step) a last batch with fewer samples than processes is skipped; otherwise empty shares are.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int, shuffle: bool, processes: Processes = SINGLE, lockstep=False
+    ):
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.processes, self.lockstep = processes, lockstep
         self.epoch = VALIDATION_EPOCH
 
-    def __iter__(self):
+    def _parts(self) -> list[torch.Tensor]:
+        """This process's index batches of the current epoch."""
         order = None
         if self.shuffle:
             order = torch.from_numpy(np.random.default_rng([self.seed, self.epoch]).permutation(self.n))
-        for part in batches(self.n, self.batch_size, order):
+        parts = batches(self.n, self.batch_size, order)
+        if not self.processes.active:
+            return parts
+        if self.lockstep:
+            parts = [part for part in parts if len(part) >= self.processes.world_size]
+        return [share for share in map(self.processes.share, parts) if len(share)]
+
+    def __iter__(self):
+        for part in self._parts():
             yield [(self.epoch, int(i)) for i in part]
 
     def __len__(self) -> int:
-        return len(batches(self.n, self.batch_size))
+        return len(self._parts())
 
 
 def patches_fingerprint(path: Path | str) -> str:
@@ -238,6 +262,11 @@ class _Totals:
         self.cls += cls.item() * n
         self.correct += correct
 
+    def summed(self, device: torch.device) -> _Totals:
+        """These totals summed over all processes."""
+        self.n, self.rec, self.cls, self.correct = all_sum([self.n, self.rec, self.cls, self.correct], device)
+        return self
+
     def summary(self, settings: PretrainSettings, method: Method) -> dict[str, float]:
         """Mean restoration MSE, cross-entropy, weighted loss and accuracy (NaN where a head is absent)."""
         if self.n == 0:
@@ -253,11 +282,21 @@ class _Totals:
 
 
 class Pretrainer:
-    """The model, its optimiser and data of one pretraining run, with the per-batch work they share."""
+    """The model, its optimiser and data of one pretraining run, with the per-batch work they share.
 
-    def __init__(self, patches_h5: Path | str, settings: PretrainSettings):
-        self.settings, self.method = settings, METHODS[settings.method]
-        self.device = resolve_device(settings.device)
+    `model` is the network itself; `trained` is what the training step calls: the network, or its
+    DistributedDataParallel wrapper when there are several processes.
+    """
+
+    def __init__(
+        self,
+        patches_h5: Path | str,
+        settings: PretrainSettings,
+        processes: Processes = SINGLE,
+        device: torch.device | None = None,
+    ):
+        self.settings, self.method, self.processes = settings, METHODS[settings.method], processes
+        self.device = device or resolve_device(settings.device)
         self.amp = _amp_dtype(settings.amp, self.device)
         on_device = settings.augment == "device" or (settings.augment == "auto" and self.device.type == "cuda")
         transforms = TransformSettings.from_dict(settings.transforms)
@@ -268,6 +307,17 @@ class Pretrainer:
         num_classes = int(max(self.data["train"].labels.max(initial=-1), self.data["val"].labels.max(initial=-1))) + 1
         torch.manual_seed(settings.seed)
         self.model = GenesisNet(settings.network(num_classes)).to(self.device)
+        self.trained: torch.nn.Module = self.model
+        if processes.active:
+            with_global_batchnorm(self.model)
+            self.trained = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                # Batch-norm statistics are already equal on every process (global batch norm).
+                forward_sync_buffers=False,
+                # Self-classification never runs the decoder.
+                find_unused_parameters=not self.method.restoration,
+            )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         if settings.schedule == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -283,7 +333,9 @@ class Pretrainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         workers = settings.workers if settings.workers >= 0 else _auto_workers(self.device, settings.num_threads)
         self.samplers = {
-            split: EpochBatches(len(data), settings.batch_size, settings.seed, shuffle=split == "train")
+            split: EpochBatches(
+                len(data), settings.batch_size, settings.seed, split == "train", processes, lockstep=split == "train"
+            )
             for split, data in self.data.items()
         }
         self.loaders = {
@@ -307,12 +359,14 @@ class Pretrainer:
             return inputs, targets, labels
         return batch["input"].to(self.device, non_blocking=True), batch["target"].to(self.device), labels
 
-    def losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    def losses(
+        self, batch: dict, network: torch.nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]:
         """Weighted loss, restoration MSE, cross-entropy, correct count and the restoration of one batch."""
         inputs, targets, labels = self.inputs(batch)
         zero = torch.zeros((), device=self.device)
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            restored, logits = self.model(inputs)
+            restored, logits = network(inputs)
         # The losses run in float32 whatever the autocast dtype: cross-entropy on logits, never log(softmax).
         rec = F.mse_loss(restored.float(), targets) if restored is not None else zero
         cls = F.cross_entropy(logits.float(), labels) if logits is not None else zero
@@ -325,14 +379,24 @@ class Pretrainer:
         self.model.train()
         self.samplers["train"].epoch = epoch
         totals = _Totals()
-        for batch in tqdm(self.loaders["train"], desc=f"epoch {epoch}", unit="batch", leave=False):
-            loss, rec, cls, correct, _ = self.losses(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            totals.add(len(batch["label"]), rec, cls, correct)
-        return totals.summary(self.settings, self.method)
+        progress = tqdm(
+            self.loaders["train"], desc=f"epoch {epoch}", unit="batch", leave=False, disable=not self.processes.main
+        )
+        for batch in progress:
+            totals.add(len(batch["label"]), *self.step(batch))
+        return totals.summed(self.device).summary(self.settings, self.method)
+
+    def step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One optimisation step on a batch (this process's share of it); its MSE, cross-entropy and correct count."""
+        loss, rec, cls, correct, _ = self.losses(batch, self.trained)
+        if self.processes.active:
+            local = len(batch["label"])
+            loss = loss * share_weight(local, int(all_sum([local], self.device)[0]), self.processes)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return rec, cls, correct
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -340,9 +404,9 @@ class Pretrainer:
         self.model.eval()
         totals = _Totals()
         for batch in self.loaders.get("val", []):
-            _, rec, cls, correct, _ = self.losses(batch)
+            _, rec, cls, correct, _ = self.losses(batch, self.model)
             totals.add(len(batch["label"]), rec, cls, correct)
-        return totals.summary(self.settings, self.method)
+        return totals.summed(self.device).summary(self.settings, self.method)
 
     def state(self) -> dict:
         """Everything a resumed run needs besides the epoch bookkeeping."""
@@ -362,7 +426,12 @@ class Pretrainer:
 
 
 def pretrain(
-    patches_h5: Path | str, settings: PretrainSettings, out_dir: Path | str, restart_stale: bool = False
+    patches_h5: Path | str,
+    settings: PretrainSettings,
+    out_dir: Path | str,
+    restart_stale: bool = False,
+    processes: int = 1,
+    log_path: Path | str | None = None,
 ) -> pd.DataFrame:
     """Pretrain one method on patches.h5, resuming from out_dir/checkpoint.pt; return the epoch history.
 
@@ -372,16 +441,39 @@ def pretrain(
     Writes checkpoint.pt every epoch, then the best epoch's weights (weights.pt, encoder.pt, architecture.json; load
     them with networks.load_pretrained), history.csv, curves.png and examples.png. A checkpoint of other settings or
     patches is an error, or with restart_stale (a workflow rerun after a config change) it is discarded.
+
+    processes > 1 starts that many torchrun processes (one per visible GPU, or gloo processes on the CPU, which share
+    num_threads) and waits for them; their rank 0 appends its log to log_path.
     """
     out_dir = Path(out_dir)
+    if processes > 1 and not Processes.from_environment().active:
+        arguments = ["--patches", str(patches_h5), "--out", str(out_dir), "--settings", json.dumps(asdict(settings))]
+        arguments += ["--restart-stale"] * restart_stale + ["--log-file", str(log_path)] * (log_path is not None)
+        launch("semantic_genesis.pretrain_process", arguments, processes)
+        return pd.read_csv(out_dir / "history.csv")
+    device = resolve_device(settings.device)
+    with process_group(device) as (ranks, device):
+        return _pretrain(patches_h5, settings, out_dir, restart_stale, ranks, device)
+
+
+def _pretrain(
+    patches_h5: Path | str,
+    settings: PretrainSettings,
+    out_dir: Path,
+    restart_stale: bool,
+    ranks: Processes,
+    device: torch.device,
+) -> pd.DataFrame:
+    """pretrain() in one process of `ranks` (all of them compute, rank 0 writes)."""
     fingerprint = patches_fingerprint(patches_h5)
+    threads = max(1, settings.num_threads // ranks.world_size) if settings.num_threads else 0
     # On a GPU, speed wins over bitwise repeatability: deterministic kernels would slow 3D pooling and scatters.
-    with reproducible(settings.num_threads, deterministic=resolve_device(settings.device).type == "cpu"):
-        run = Pretrainer(patches_h5, settings)
+    with reproducible(threads, deterministic=device.type == "cpu"):
+        run = Pretrainer(patches_h5, replace(settings, num_threads=threads), ranks, device)
         if not len(run.data["train"]):
             raise ValueError(f"{patches_h5} holds no training patches")
         log.info(
-            "%s: %s policy, %d train / %d val patches of %s, %d classes, %s parameters, device %s%s",
+            "%s: %s policy, %d train / %d val patches of %s, %d classes, %s parameters, device %s%s%s",
             settings.method,
             settings.policy,
             len(run.data["train"]),
@@ -391,6 +483,7 @@ def pretrain(
             f"{sum(p.numel() for p in run.model.parameters()):,}",
             run.device,
             f" ({run.amp} autocast)" if run.amp else "",
+            f", {ranks.world_size} processes sharing batches of {settings.batch_size}" if ranks.active else "",
         )
         state = fresh_run_state()
         best_weights = copy.deepcopy(run.model.state_dict())
@@ -403,7 +496,13 @@ def pretrain(
 
         monitored = "val" if len(run.data["val"]) else "train"
         last = state["epoch"] if state["stopped"] else settings.max_epochs
-        progress = tqdm(range(state["epoch"], last), initial=state["epoch"], total=settings.max_epochs, unit="epoch")
+        progress = tqdm(
+            range(state["epoch"], last),
+            initial=state["epoch"],
+            total=settings.max_epochs,
+            unit="epoch",
+            disable=not ranks.main,
+        )
         for epoch in progress:
             start, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
             train = run.train_epoch(epoch + 1)
@@ -432,9 +531,10 @@ def pretrain(
                 row["samples_per_s"],
                 " (best)" if state["best_epoch"] == epoch + 1 else "",
             )
-            with atomic_path(checkpoint) as tmp:
-                extra = {"settings": asdict(settings), "fingerprint": fingerprint}
-                torch.save({**run.state(), **extra, "best_weights": best_weights, "state": state}, tmp)
+            if ranks.main:
+                with atomic_path(checkpoint) as tmp:
+                    extra = {"settings": asdict(settings), "fingerprint": fingerprint}
+                    torch.save({**run.state(), **extra, "best_weights": best_weights, "state": state}, tmp)
             if state["stopped"]:
                 log.info(
                     "early stopping: no %s-loss improvement for %d epochs", monitored, settings.early_stopping_patience
@@ -445,6 +545,8 @@ def pretrain(
         log.info("best %s loss %.6f at epoch %d", monitored, state["best_loss"], state["best_epoch"])
         run.model.load_state_dict(best_weights)
         history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
+        if not ranks.main:
+            return history
         best = history[history.epoch == state["best_epoch"]].to_dict("records")
         extra = {
             "method": settings.method,
@@ -515,10 +617,11 @@ def plot_examples(run: Pretrainer, out_png: Path | str, count: int = 4) -> None:
                         1, 1, f"class {int(labels[r])} -> {int(logits[r].argmax())}", color="yellow", fontsize=7
                     )
     else:
-        # Without a decoder the interesting output is which classes the head confuses.
-        run.samplers["val" if len(run.data["val"]) else "train"].epoch = VALIDATION_EPOCH
+        # Without a decoder the interesting output is which classes the head confuses (on all of them: the run's own
+        # loaders may hold only this process's share).
+        every = EpochBatches(len(data), run.settings.batch_size, run.settings.seed, shuffle=False)
         truth, predicted = [], []
-        for batch in run.loaders["val" if len(run.data["val"]) else "train"]:
+        for batch in DataLoader(data, batch_sampler=every, collate_fn=collate):
             inputs, _, labels = run.inputs(batch)
             truth.append(labels.cpu())
             predicted.append(run.model(inputs)[1].argmax(1).cpu())
@@ -580,3 +683,19 @@ def transform_gallery(
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """One torchrun process of a multi-process pretrain() (see there); rank 0 logs, the others only warn."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--patches", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--settings", required=True, help="PretrainSettings as JSON")
+    parser.add_argument("--restart-stale", action="store_true")
+    parser.add_argument("--log-file", help="log file rank 0 appends to")
+    args = parser.parse_args(argv)
+    ranks = Processes.from_environment()
+    level = logging.INFO if ranks.main else logging.WARNING
+    with rule_logging(args.log_file if ranks.main else None, level=level, mode="a"):
+        settings = PretrainSettings.from_dict(json.loads(args.settings))
+        pretrain(args.patches, settings, args.out, args.restart_stale)
