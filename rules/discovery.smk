@@ -23,6 +23,7 @@ rule autoencoder:
         f"{BENCHMARKS}/autoencoder/{{kind}}.tsv"
     threads: 2
     resources:
+        gpu=1,
         mem_mb=8000,
         runtime=600,
     conda:
@@ -49,6 +50,7 @@ rule embed:
         f"{BENCHMARKS}/embed/{{kind}}.tsv"
     threads: 2
     resources:
+        gpu=1,
         mem_mb=8000,
         runtime=60,
     conda:

@@ -18,6 +18,7 @@ rule finetune:
         f"{BENCHMARKS}/finetune/{{task}}/{{method}}/run{{run}}.tsv"
     threads: 1
     resources:
+        gpu=1,
         mem_mb=4000,
         runtime=720,
     conda:

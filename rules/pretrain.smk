@@ -25,9 +25,13 @@ rule pretrain:
         f"{BENCHMARKS}/pretrain/{{kind}}/{{method}}.tsv"
     wildcard_constraints:
         method="|".join(METHODS),
-    # Torch threads on the CPU; on a GPU, DataLoader workers (threads - 1). Snakemake caps it at --cores.
+    # Torch threads on the CPU; on a GPU, DataLoader workers (threads - 1); shared among the processes of a
+    # multi-GPU run. Snakemake caps threads at --cores and gpu at the profile's limit (profiles/default: this
+    # machine's GPUs; gpu 0 trains on the CPU).
     threads: 8
     resources:
+        # GPUs per job: above 1, one torchrun process per GPU (DistributedDataParallel).
+        gpu=1,
         mem_mb=8000,
         runtime=1440,
     conda:

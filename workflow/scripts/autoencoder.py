@@ -4,9 +4,10 @@ from pathlib import Path
 
 from semantic_genesis.autoencoder import AutoencoderSettings
 from semantic_genesis.embedding import load_inputs, train
+from semantic_genesis.gpus import claim_gpus
 from semantic_genesis.logs import rule_logging
 
-with rule_logging(snakemake.log[0]):
+with rule_logging(snakemake.log[0]), claim_gpus(snakemake.resources.get("gpu", 0)):
     dims = snakemake.params.dims
     manifest, images = load_inputs(dims, snakemake.input.manifest, list(snakemake.input.h5), snakemake.params.size)
     values = {**snakemake.params.settings, "dims": dims, "num_threads": snakemake.threads}

@@ -1,9 +1,10 @@
 """Rules embed_ct/_cxr: one latent vector per usable scan or radiograph, and their PCA scatter plot."""
 
 from semantic_genesis.embedding import embed, load_inputs, phantom_colours
+from semantic_genesis.gpus import claim_gpus
 from semantic_genesis.logs import rule_logging
 
-with rule_logging(snakemake.log[0]):
+with rule_logging(snakemake.log[0]), claim_gpus(snakemake.resources.get("gpu", 0)):
     dims = snakemake.params.dims
     manifest, images = load_inputs(dims, snakemake.input.manifest, list(snakemake.input.h5), snakemake.params.size)
     colours = phantom_colours(manifest, snakemake.input.phantoms[0]) if snakemake.input.phantoms else None
