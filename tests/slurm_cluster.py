@@ -1,7 +1,7 @@
 """A real single-node SLURM cluster on this machine, for tests: munged, slurmctld and slurmd as root.
 
     with SlurmCluster() as cluster:         # skips the test where it cannot run (not root, no apt-get)
-        cluster.sbatch("--wait", "-p", "gpu", "--gpus=1", "--wrap", "nvidia-smi || true")
+        cluster.sbatch("--wait", "-p", "gpu", "--gpus=1", "--wrap", "echo $CUDA_VISIBLE_DEVICES")
         cluster.jobs()                     # every job slurmctld still knows, finished ones included
 
 What it needs and does:
@@ -17,6 +17,8 @@ What it needs and does:
   and `gpu`.
 - No accounting daemon: sacct does not work, so `squeue` is the status command; MinJobAge=300 keeps finished jobs
   in squeue/scontrol for five minutes.
+- EnforcePartLimits=ALL: a job asking for more CPUs or memory than the node has is refused by sbatch at once
+  (without it, `sbatch -c 3` on two CPUs is accepted and pends forever with reason PartitionConfig).
 - stop() cancels the jobs still known, then ends exactly the daemons it started, by their PIDs (SIGTERM, SIGKILL
   after a grace time), and restores /etc/slurm.
 """
@@ -158,6 +160,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+EnforcePartLimits=ALL
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
@@ -301,6 +304,11 @@ PartitionName=gpu Nodes={self.node} MaxTime=INFINITE State=UP
         raise RuntimeError(
             f"the test node did not become idle in {self.ready_timeout} s (sinfo: {state!r}):\n{self.logs()}"
         )
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """PIDs of the daemons this object started: munged, slurmctld, slurmd (the only processes stop() ends)."""
+        return {name: process.pid for name, process in self.processes.items()}
 
     def logs(self, lines: int = 40) -> str:
         """The tails of the daemons' logs (while the cluster is up)."""

@@ -31,6 +31,8 @@ GPU_RULES = {"autoencoder", "embed", "pretrain"}
 TIMING_COLUMNS = {"seconds", "samples_per_s"}  # wall-clock columns of history.csv: differ between any two runs
 # Threads of every rule in both runs: torch's CPU results are bitwise reproducible for one thread count only.
 MAX_THREADS = min(2, len(os.sched_getaffinity(0)))
+# scontrol fields of a job shown in the test's output and in failure messages
+SHOWN = "Id Comment Partition JobState Reason NumCPUs TresPerJob SubmitTime StartTime EndTime".split()
 
 
 @pytest.fixture(scope="module")
@@ -231,14 +233,13 @@ def runs(cluster, tmp_path_factory):
         local = finish_snakemake(local_started, root / "local")
     print(f"\nSLURM run {slurm.seconds:.0f} s (a local run alongside); its SLURM jobs:")
     for job in slurm.jobs:
-        print(" ", *(f"{k}={job.get(k)}" for k in ("Id", "Comment", "Partition", "JobState", "NumCPUs", "TresPerJob", "SubmitTime", "StartTime", "EndTime")))
+        print(" ", *(f"{k}={job.get(k)}" for k in SHOWN))
     return {"slurm": slurm, "local": local}
 
 
 def diagnose(cluster: SlurmCluster) -> str:
     """The jobs SLURM knows (pending ones with their reason) and the daemons' logs, for a failure message."""
-    fields = ("Id", "JobName", "Comment", "Partition", "JobState", "Reason", "NumCPUs", "TresPerJob", "TRES")
-    jobs = "\n".join(" ".join(f"{k}={job.get(k)}" for k in fields) for job in cluster.jobs())
+    jobs = "\n".join(" ".join(f"{k}={job.get(k)}" for k in ("JobName", *SHOWN)) for job in cluster.jobs())
     return f"--- SLURM jobs:\n{jobs}\n{cluster.logs(20)}"
 
 
