@@ -1,9 +1,8 @@
-"""Profiles and GPU claims: the local profile caps the gpu resource at this machine's GPUs, concurrent jobs take
-different GPUs, and the SLURM profile maps stages to partitions, resources and the account from the environment."""
+"""The local profile caps the gpu resource at this machine's GPUs, and concurrent jobs claim different GPUs (the
+SLURM profile is tested on a real SLURM in test_slurm.py)."""
 
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -86,26 +85,3 @@ def test_a_machine_without_gpus_runs_gpu_jobs_on_the_cpu(no_visible_devices, mon
     monkeypatch.setattr(gpus, "machine_gpu_count", lambda: 0)
     with claim_gpus(2, tmp_path) as chosen:
         assert chosen == [] and os.environ["CUDA_VISIBLE_DEVICES"] == ""
-
-
-def planned_resources(output: str) -> dict[str, str]:
-    """Resources line of each rule in a dry run's job listing."""
-    found = {}
-    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", output, re.M):
-        found[rule] = dict(item.split("=", 1) for item in resources.split(", "))
-    return found
-
-
-@pytest.mark.skipif(shutil.which("sbatch") is None, reason="the SLURM executor plugin needs SLURM's commands")
-def test_slurm_profile_sends_stages_to_their_partitions_with_the_account_from_the_environment(tmp_path):
-    env = {"SG_SLURM_ACCOUNT": "lab42", "SG_CPU_PARTITION": "short", "SG_GPU_PARTITION": "a100"}
-    args = ["-s", str(REPO / "Snakefile"), "--workflow-profile", str(REPO / "profiles" / "slurm"), "-n", "all"]
-    resources = planned_resources(run_snakemake(tmp_path, *args, env=env).stdout)
-    for rule in ("autoencoder", "embed", "pretrain", "finetune"):
-        assert resources[rule]["slurm_partition"] == "a100" and resources[rule]["gpu"] == "1", rule
-        assert int(resources[rule]["cpus_per_gpu"]) >= 4
-    for rule in ("synthetic_ct", "preprocess_ct", "plan", "patches", "task_data", "tables"):
-        assert resources[rule]["slurm_partition"] == "short" and "gpu" not in resources[rule], rule
-    assert {r["slurm_account"] for r in resources.values()} == {"lab42"}
-    unset = planned_resources(run_snakemake(tmp_path, *args).stdout)
-    assert not any("slurm_account" in r or "slurm_partition" in r for r in unset.values())

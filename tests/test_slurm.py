@@ -108,6 +108,38 @@ def test_jobs_went_through_sbatch_to_their_partitions(runs):
         assert all("ArrayJobId" not in job for job in by_rule[rule]), rule
 
 
+def planned_resources(output: str) -> dict[str, str]:
+    """Resources of each rule in a dry run's job listing."""
+    found = {}
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", output, re.M):
+        found[rule] = dict(item.split("=", 1) for item in resources.split(", "))
+    return found
+
+
+def test_slurm_profile_sends_stages_to_their_partitions_with_the_account_from_the_environment(cluster, tmp_path):
+    env = {"SG_SLURM_ACCOUNT": "lab42", "SG_CPU_PARTITION": "short", "SG_GPU_PARTITION": "a100"}
+    args = ["--workflow-profile", str(REPO / "profiles" / "slurm"), "-n", "all"]
+    resources = planned_resources(dry_run(tmp_path, *args, env=env))
+    for rule in ("autoencoder", "embed", "pretrain", "finetune"):
+        assert resources[rule]["slurm_partition"] == "a100" and resources[rule]["gpu"] == "1", rule
+        assert int(resources[rule]["cpus_per_gpu"]) >= 4
+    for rule in ("synthetic_ct", "preprocess_ct", "plan", "patches", "task_data", "tables"):
+        assert resources[rule]["slurm_partition"] == "short" and "gpu" not in resources[rule], rule
+    assert {r["slurm_account"] for r in resources.values()} == {"lab42"}
+    unset = planned_resources(dry_run(tmp_path, *args))
+    assert not any("slurm_account" in r or "slurm_partition" in r for r in unset.values())
+
+
+def dry_run(workdir: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Output of `snakemake -n` with the SLURM executor (which needs SLURM's commands: the cluster fixture has them)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SG_"))}
+    done = subprocess.run(
+        [*SNAKEMAKE, "-d", str(workdir), *args], env={**clean, **(env or {})}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 # --- the two runs --------------------------------------------------------------------------------------------------
 
 
