@@ -1,7 +1,9 @@
 """The Snakemake workflow end to end on a tiny synthetic configuration, as a user runs it."""
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +218,25 @@ def test_pretraining_builds_every_method_of_both_kinds(workdir):
             encoder = load_pretrained(folder / method, part="encoder")
             assert encoder.out_channels == (16 if dims == 3 else 8) * 2
             assert (workdir / f"results/logs/pretrain/{kind}/{method}.log").read_text().count("epoch") >= 2
+
+
+def test_a_pretraining_job_with_two_gpus_trains_on_two_processes(workdir, tmp_path):
+    # Two visible devices (none is a real GPU here): the local profile allows gpu=2, the job claims both and trains
+    # as two torchrun processes, which fall back to gloo on the CPU. A copy, so the other tests keep their workdir.
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    target = "results/ct/pretrain/models_genesis/weights.pt"
+    (copy / target).with_name("checkpoint.pt").unlink()  # else the forced rerun resumes the finished run
+    command = [*SNAKEMAKE, target, "-d", str(copy), "--configfile", str(copy / "tiny.yaml"), "--cores", "2"]
+    command += ["--forcerun", "pretrain", "--set-resources", "pretrain:gpu=2"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=copy, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = (copy / "results/logs/pretrain/ct/models_genesis.log").read_text()
+    assert "using GPU 0, 1" in log and "2 processes sharing batches" in log
+    assert log.count(f"epoch {TINY['pretrain']['ct']['max_epochs']}/") == 1  # rank 0 alone logs
+    history = pd.read_csv(copy / "results/ct/pretrain/models_genesis/history.csv")
+    assert len(history) == TINY["pretrain"]["ct"]["max_epochs"]
 
 
 def test_a_pretraining_setting_reruns_only_that_pretraining(workdir, tmp_path):
