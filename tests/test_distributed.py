@@ -40,6 +40,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def as_torchrun_process(rank: int, port: int) -> None:
+    """The environment torchrun gives process `rank` of WORLD on this node."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
+    os.environ["LOCAL_RANK"] = str(rank)
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_shares_of_every_batch_cover_it_exactly_once(world):
     for n, batch_size in ((19, 4), (5, 8), (2, 4)):
@@ -53,6 +59,10 @@ def test_shares_of_every_batch_cover_it_exactly_once(world):
         flat = sorted(key for rank in shares for batch in rank for key in batch)
         assert flat == sorted(key for batch in whole for key in batch)
         assert all(0 < len(b) for rank in shares for b in rank)
+        # Each share knows the size of the global batch it came from (its loss weight needs it).
+        size_of = {key: len(batch) for batch in whole for key in batch}
+        for sampler, rank in zip(ranks, shares):
+            assert sampler.global_sizes() == [size_of[batch[0]] for batch in rank]
 
 
 def test_lockstep_skips_batches_too_small_to_share():
@@ -93,7 +103,7 @@ def _small_data() -> torch.Tensor:
 
 def _small_step(rank: int, port: int, out_dir) -> None:
     """Process `rank` of WORLD: DDP with global batch norm and share-weighted loss on its share of 5 samples."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
+    as_torchrun_process(rank, port)
     with process_group(torch.device("cpu")) as (ranks, _):
         net = DistributedDataParallel(with_global_batchnorm(_small_net()))
         data = _small_data()
@@ -117,14 +127,13 @@ def test_sharing_is_exact_in_float64(tmp_path):
 def _one_step(rank: int, method: str, port: int, patches_path, out_dir) -> None:
     """One training step of process `rank` of WORLD on epoch 1's first global batch; saves weights and gradients."""
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
-    os.environ["LOCAL_RANK"] = str(rank)
+    as_torchrun_process(rank, port)
     with process_group(torch.device("cpu")) as (ranks, device):
         run = Pretrainer(patches_path, settings(method, batch_size=BATCH, lr=LR), ranks, device)
         run.model.train()
         run.samplers["train"].epoch = 1
         batch = collate([run.data["train"][key] for key in next(iter(run.samplers["train"]))])
-        run.step(batch)
+        run.step(batch, BATCH)
         grads = {name: p.grad for name, p in run.model.named_parameters() if p.grad is not None}
         torch.save({"state": run.model.state_dict(), "grads": grads}, out_dir / f"rank{rank}.pt")
 
@@ -135,7 +144,7 @@ def test_two_process_step_equals_the_single_process_step_on_the_same_global_batc
     single.model.train()
     single.samplers["train"].epoch = 1
     before = {k: v.clone() for k, v in single.model.state_dict().items()}
-    single.step(collate([single.data["train"][key] for key in next(iter(single.samplers["train"]))]))
+    single.step(collate([single.data["train"][key] for key in next(iter(single.samplers["train"]))]), BATCH)
     expected = single.model.state_dict()
     expected_grads = {name: p.grad for name, p in single.model.named_parameters() if p.grad is not None}
 
@@ -159,8 +168,7 @@ def test_two_process_step_equals_the_single_process_step_on_the_same_global_batc
 def _pretrain_rank(rank: int, port: int, patches_path, out_root) -> None:
     """pretrain() as process `rank` of WORLD, each process given its own output folder."""
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
-    os.environ["LOCAL_RANK"] = str(rank)
+    as_torchrun_process(rank, port)
     pretrain(patches_path, settings(max_epochs=1), out_root / f"rank{rank}")
 
 

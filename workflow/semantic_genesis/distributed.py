@@ -119,7 +119,7 @@ class GlobalBatchNorm(_BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
-        axes = [0, *range(2, input.dim())]
+        axes, shape = [0, *range(2, input.dim())], (1, -1, *[1] * (input.dim() - 2))
         # Half-precision activations (autocast) get float32 statistics.
         x = input.to(torch.promote_types(input.dtype, torch.float32))
         count = x.new_tensor([x.numel() / x.shape[1]])
@@ -127,7 +127,7 @@ class GlobalBatchNorm(_BatchNorm):
         sums = _AllSum.apply(torch.cat([x.sum(axes), count]))
         total = sums[-1]
         mean = sums[:-1] / total
-        centred = x - mean.view(1, -1, *[1] * (x.dim() - 2))
+        centred = x - mean.view(shape)
         var = _AllSum.apply(centred.pow(2).sum(axes)) / total
         if self.track_running_stats:
             with torch.no_grad():
@@ -135,7 +135,6 @@ class GlobalBatchNorm(_BatchNorm):
                 momentum = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_((var.detach() * total / (total - 1)).to(self.running_var.dtype), momentum)
-        shape = (1, -1, *[1] * (x.dim() - 2))
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)

@@ -202,24 +202,27 @@ class EpochBatches(Sampler):
         self.processes, self.lockstep = processes, lockstep
         self.epoch = VALIDATION_EPOCH
 
-    def _parts(self) -> list[torch.Tensor]:
-        """This process's index batches of the current epoch."""
+    def _shares(self) -> list[tuple[torch.Tensor, int]]:
+        """This process's index batches of the current epoch, each with the size of the global batch it belongs to."""
         order = None
         if self.shuffle:
             order = torch.from_numpy(np.random.default_rng([self.seed, self.epoch]).permutation(self.n))
         parts = batches(self.n, self.batch_size, order)
-        if not self.processes.active:
-            return parts
-        if self.lockstep:
+        if self.lockstep and self.processes.active:
             parts = [part for part in parts if len(part) >= self.processes.world_size]
-        return [share for share in map(self.processes.share, parts) if len(share)]
+        shares = ((self.processes.share(part), len(part)) for part in parts)
+        return [(share, size) for share, size in shares if len(share)]
 
     def __iter__(self):
-        for part in self._parts():
-            yield [(self.epoch, int(i)) for i in part]
+        for share, _ in self._shares():
+            yield [(self.epoch, int(i)) for i in share]
 
     def __len__(self) -> int:
-        return len(self._parts())
+        return len(self._shares())
+
+    def global_sizes(self) -> list[int]:
+        """Size of the global batch behind each batch __iter__ yields this epoch, in the same order."""
+        return [size for _, size in self._shares()]
 
 
 def patches_fingerprint(path: Path | str) -> str:
@@ -382,16 +385,17 @@ class Pretrainer:
         progress = tqdm(
             self.loaders["train"], desc=f"epoch {epoch}", unit="batch", leave=False, disable=not self.processes.main
         )
-        for batch in progress:
-            totals.add(len(batch["label"]), *self.step(batch))
+        # The sampler knows each global batch's size, so no step waits for the other processes to count theirs.
+        for batch, total in zip(progress, self.samplers["train"].global_sizes()):
+            totals.add(len(batch["label"]), *self.step(batch, total))
         return totals.summed(self.device).summary(self.settings, self.method)
 
-    def step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One optimisation step on a batch (this process's share of it); its MSE, cross-entropy and correct count."""
+    def step(self, batch: dict, total: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One optimisation step on a batch: this process's share of a global batch of `total` samples (all of it
+        for a lone process); its MSE, cross-entropy and correct count."""
         loss, rec, cls, correct, _ = self.losses(batch, self.trained)
         if self.processes.active:
-            local = len(batch["label"])
-            loss = loss * share_weight(local, int(all_sum([local], self.device)[0]), self.processes)
+            loss = loss * share_weight(len(batch["label"]), total, self.processes)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
