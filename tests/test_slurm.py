@@ -21,7 +21,7 @@ import pytest
 import yaml
 from conftest import REPO
 from slurm_cluster import SlurmCluster
-from test_workflow import SNAKEMAKE, TINY, write_config
+from test_workflow import SNAKEMAKE, TINY, snakemake, write_config
 
 pytestmark = pytest.mark.slurm
 
@@ -133,11 +133,7 @@ def test_slurm_profile_sends_stages_to_their_partitions_with_the_account_from_th
 def dry_run(workdir: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Output of `snakemake -n` with the SLURM executor (which needs SLURM's commands: the cluster fixture has them)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SG_"))}
-    done = subprocess.run(
-        [*SNAKEMAKE, "-d", str(workdir), *args], env={**clean, **(env or {})}, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return snakemake(workdir, *args, env={**clean, **(env or {})}).stdout
 
 
 # --- the two runs --------------------------------------------------------------------------------------------------

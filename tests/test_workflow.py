@@ -102,8 +102,13 @@ FINETUNED = ("models_genesis", "semantic_genesis")  # pretraining methods the ti
 INITS = len(FINETUNED) + 1  # and scratch
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*SNAKEMAKE, "-d", str(workdir), *args], capture_output=True, text=True, cwd=workdir)
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Snakemake on the project's Snakefile in workdir (env: the whole environment, default this process's)."""
+    result = subprocess.run(
+        [*SNAKEMAKE, "-d", str(workdir), *args], capture_output=True, text=True, cwd=workdir, env=env
+    )
     if check and result.returncode:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -227,11 +232,9 @@ def test_a_pretraining_job_with_two_gpus_trains_on_two_processes(workdir, tmp_pa
     shutil.copytree(workdir, copy, symlinks=True)
     target = "results/ct/pretrain/models_genesis/weights.pt"
     (copy / target).with_name("checkpoint.pt").unlink()  # else the forced rerun resumes the finished run
-    command = [*SNAKEMAKE, target, "-d", str(copy), "--configfile", str(copy / "tiny.yaml"), "--cores", "2"]
-    command += ["--forcerun", "pretrain", "--set-resources", "pretrain:gpu=2"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=copy, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
+    arguments = [target, "--configfile", str(copy / "tiny.yaml"), "--cores", "2", "--forcerun", "pretrain"]
+    snakemake(copy, *arguments, "--set-resources", "pretrain:gpu=2", env=env)
     log = (copy / "results/logs/pretrain/ct/models_genesis.log").read_text()
     assert "using GPU 0, 1" in log and "2 processes sharing batches" in log
     assert log.count(f"epoch {TINY['pretrain']['ct']['max_epochs']}/") == 1  # rank 0 alone logs
