@@ -1,8 +1,8 @@
 # Paths, input functions and wildcard constraints shared by the rules.
 import glob
-import hashlib
 
 from semantic_genesis.methods import METHODS
+from semantic_genesis.provenance import code_digest
 from semantic_genesis.tasks.taskdata import TASKS
 from semantic_genesis.readers import VOLUME_SUFFIXES
 from semantic_genesis.synthetic import synthetic_ct_scans
@@ -12,13 +12,10 @@ LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
 
 
-def source_hash(*modules):
-    """Digest of the package modules a job runs; as a param, editing them reruns the job (the code trigger of
-    Snakemake sees only the script file)."""
-    digest = hashlib.sha256()
-    for name in modules:
-        digest.update(Path(PACKAGE_DIR, "semantic_genesis", f"{name}.py").read_bytes())
-    return digest.hexdigest()[:16]
+def code(script):
+    """Digest of a rule's script and of every package module it imports, directly or not: as a param, editing any
+    of them reruns the rule and nothing else does (Snakemake's code trigger sees only the script file)."""
+    return code_digest(PACKAGE_DIR, Path(PACKAGE_DIR, "scripts", f"{script}.py"))
 
 
 def canonical(settings):
@@ -29,10 +26,14 @@ def canonical(settings):
     return settings
 
 
+# Data roots a user configures are read-only: nothing is ever written under them. With a root left null, the embedded
+# synthetic data set is generated under results/synthetic/ instead, by rules that exist only then (rules/synthetic.smk,
+# rules/tasks.smk). A configured root or file that is missing is an error before any job runs.
 SYNTHETIC_CT = config["data"]["ct_root"] is None
 SYNTHETIC_CXR = config["data"]["cxr_root"] is None
 CT_ROOT = "results/synthetic/luna16" if SYNTHETIC_CT else config["data"]["ct_root"]
 CXR_ROOT = "results/synthetic/chestxray14" if SYNTHETIC_CXR else config["data"]["cxr_root"]
+NCC_CANDIDATES = config["data"]["ncc_candidates"] or f"{CT_ROOT}/candidates_V2.csv"
 SYNTHETIC_SCANS = synthetic_ct_scans(
     config["synthetic"]["seed"], config["synthetic"]["ct"]["patients"], config["synthetic"]["ct"]["subsets"]
 )
@@ -41,11 +42,30 @@ SPLIT_OF_SUBSET = {
 }
 
 
+def user_files(key, paths, reader, layout):
+    """Paths under (or, for a file key, at) the configured data.<key>, each checked to exist: a missing one stops
+    the run before any job, naming the key, the path, the job that reads it and the layout expected."""
+    configured = config["data"][key]
+    if key.endswith("_root") and not os.path.isdir(configured):
+        raise WorkflowError(
+            f"data.{key}: the folder {configured} does not exist (expected layout {layout}); fix the path in your config, "
+            f"or set data.{key}: null to use the embedded synthetic data"
+        )
+    for path in paths:
+        if not glob.glob(path):
+            raise WorkflowError(
+                f"data.{key} = {configured}: {path} is missing, which {reader} reads (expected layout {layout}); "
+                f"add it there, or point data.{key} at a folder that has it"
+            )
+    return paths
+
+
 def _available_subsets():
     """Configured subsets that hold data; a missing one is reported, not fatal (partial LUNA16 downloads are common)."""
     if SYNTHETIC_CT:
         present = {subset for subset, _ in SYNTHETIC_SCANS}
     else:
+        user_files("ct_root", [], "rule preprocess_ct", "<root>/<subset>/<id>.mhd (+ .raw), or any SimpleITK volume")
         present = {s for s in SPLIT_OF_SUBSET if os.path.isdir(os.path.join(CT_ROOT, s))}
     for subset in sorted(set(SPLIT_OF_SUBSET) - present):
         print(f"note: configured CT subset '{subset}' has no data under {CT_ROOT}; skipped", file=sys.stderr)
@@ -83,14 +103,20 @@ def ct_preprocessed_files():
     return expand("results/ct/preprocessed/{subset}.h5", subset=CT_SUBSETS)
 
 
+CXR_LAYOUT = "images/<name>.png (or any SimpleITK 2D format), Data_Entry_2017.csv, train_val_list.txt, test_list.txt"
+
+
 def cxr_inputs(wildcards):
-    """ChestX-ray14 index files and image folder."""
-    return {
+    """ChestX-ray14 index files and image folder (a configured root is checked to hold them)."""
+    files = {
         "entries": f"{CXR_ROOT}/Data_Entry_2017.csv",
         "train_val": f"{CXR_ROOT}/train_val_list.txt",
         "test": f"{CXR_ROOT}/test_list.txt",
         "images": f"{CXR_ROOT}/images",
     }
+    if not SYNTHETIC_CXR:
+        user_files("cxr_root", list(files.values()), "rule preprocess_cxr", CXR_LAYOUT)
+    return files
 
 
 def synthetic_montages(kind):
@@ -157,15 +183,25 @@ def pretrain_outputs(kind):
 
 
 # Target tasks: where each one's data comes from (a configured root, or its synthetic counterpart).
-TASK_MODULES = {"ncc": "ncc", "ncs": "ncs", "lcs": "lits", "bms": "brats", "dxc": "dxc", "pxs": "siim"}
-TASK_ROOTS = {
-    task: config["data"][key] or f"results/synthetic/{dataset}"
-    for task, key, dataset in (
-        ("ncs", "ncs_root", "ncs"),
-        ("lcs", "lits_root", "lits"),
-        ("bms", "brats_root", "brats"),
-        ("pxs", "siim_root", "siim"),
-    )
+TASK_DATA = {  # task: (root key, synthetic folder under results/synthetic, what the reader needs, layout)
+    "ncs": ("ncs_root", "ncs", "index.csv", "index.csv (id, image, mask, split) + image and mask files"),
+    "lcs": ("lits_root", "lits", "volume-*.nii*", "volume-N.nii and segmentation-N.nii (LiTS 2017)"),
+    "bms": ("brats_root", "brats", "[HL]GG", "{HGG,LGG}/<subject>/<subject>_flair.nii.gz and _seg.nii.gz"),
+    "pxs": ("siim_root", "siim", "train-rle.csv", "train-rle.csv and **/<ImageId>.dcm (SIIM-ACR)"),
+}
+TASK_ROOTS = {task: config["data"][key] or f"results/synthetic/{folder}" for task, (key, folder, *_) in TASK_DATA.items()}
+# Synthetic task sets are generated only for tasks without a root (NCS cubes come from the synthetic CT phantoms).
+SYNTHETIC_TASK_SETS = [folder for task, (key, folder, *_) in TASK_DATA.items() if task != "ncs" and not config["data"][key]]
+SYNTHETIC_NCS = SYNTHETIC_CT and not config["data"]["ncs_root"]
+DATASETS = {
+    "ct": "LUNA16",
+    "cxr": "ChestX-ray14",
+    "ncc": "LUNA16 candidates",
+    "ncs": "nodule cubes",
+    "lcs": "LiTS 2017",
+    "bms": "BraTS 2018",
+    "dxc": "ChestX-ray14",
+    "pxs": "SIIM-ACR pneumothorax",
 }
 FINETUNE_TASKS = config["finetune"]["tasks"]
 TABLES = ["adding_semantics", "comparison_3d", "results_2d"]
@@ -176,36 +212,51 @@ def ct_synthetic_scans(wildcards):
     return rules.synthetic_ct.output.scans + rules.synthetic_ct.output.labels
 
 
-def task_is_synthetic(wildcards):
+def task_synthetic(task):
     """Whether a task's data is the embedded synthetic counterpart (tables say so)."""
-    task = wildcards.task
     if task == "ncc":
         return SYNTHETIC_CT
     if task == "dxc":
         return SYNTHETIC_CXR
-    return TASK_ROOTS[task].startswith("results/synthetic/")
+    return not config["data"][TASK_DATA[task][0]]
+
+
+def data_source(name):
+    """Where one kind's scans (ct, cxr) or one task's data come from: the record every artifact made from them keeps
+    (with the manifest's digest, added by the job: provenance.data_record)."""
+    if name in ("ct", "cxr"):
+        root, synthetic = (CT_ROOT, SYNTHETIC_CT) if name == "ct" else (CXR_ROOT, SYNTHETIC_CXR)
+    else:
+        root = {"ncc": CT_ROOT, "dxc": CXR_ROOT}.get(name) or TASK_ROOTS[name]
+        synthetic = task_synthetic(name)
+    source = {"name": name, "dataset": DATASETS[name], "root": root, "synthetic": synthetic}
+    if name == "ncc":
+        source["candidates"] = NCC_CANDIDATES
+    return source
 
 
 def task_inputs(wildcards):
-    """The files a task's data is prepared from."""
+    """The files a task's data is prepared from; a configured root is checked to hold what its reader needs."""
     task = wildcards.task
     if task == "ncc":
-        return {
-            "candidates": f"{CT_ROOT}/candidates_V2.csv",
-            "manifest": "results/ct/scans.tsv",
-            "h5": ct_preprocessed_files(),
-        }
+        candidates = [NCC_CANDIDATES]
+        if not SYNTHETIC_CT:
+            key = "ncc_candidates" if config["data"]["ncc_candidates"] else "ct_root"
+            user_files(key, candidates, "rule task_data (ncc)", "LUNA16 candidates_V2.csv with seriesuid, coordX, coordY, coordZ, class")
+        return {"candidates": candidates[0], "manifest": "results/ct/scans.tsv", "h5": ct_preprocessed_files()}
     if task == "dxc":
-        return {
-            "h5": "results/cxr/images.h5",
-            "manifest": "results/cxr/images.tsv",
-            "entries": f"{CXR_ROOT}/Data_Entry_2017.csv",
-        }
+        entries = f"{CXR_ROOT}/Data_Entry_2017.csv"
+        if not SYNTHETIC_CXR:
+            user_files("cxr_root", [entries], "rule task_data (dxc)", CXR_LAYOUT)
+        return {"h5": "results/cxr/images.h5", "manifest": "results/cxr/images.tsv", "entries": entries}
     if task == "ncs" and not SYNTHETIC_CT and not config["data"]["ncs_root"]:
         raise WorkflowError(
             "data.ncs_root is not set: synthetic nodule cubes are cut from the synthetic LUNA16 phantoms, which "
             "data.ct_root replaces; set data.ncs_root to your nodule cubes, or drop ncs from finetune.tasks"
         )
+    key, _, needed, layout = TASK_DATA[task]
+    if config["data"][key]:
+        user_files(key, [os.path.join(TASK_ROOTS[task], needed)], f"rule task_data ({task})", layout)
     return {"root": TASK_ROOTS[task]}
 
 
@@ -224,7 +275,7 @@ def task_kind(task):
 
 def finetune_inputs(wildcards):
     """The task file and, unless from scratch, the pretrained weights of the task's dimension."""
-    inputs = {"data": f"results/tasks/{wildcards.task}/data.h5"}
+    inputs = {"data": f"results/tasks/{wildcards.task}/data.h5", "index": f"results/tasks/{wildcards.task}/index.tsv"}
     if wildcards.method != "scratch":
         folder = f"results/{task_kind(wildcards.task)}/pretrain/{wildcards.method}"
         inputs |= {name: f"{folder}/{name}.{ext}" for name, ext in (("weights", "pt"), ("encoder", "pt"))}

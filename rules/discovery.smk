@@ -16,7 +16,7 @@ rule autoencoder:
         dims=dims,
         size=autoencoder_input_size,
         settings=autoencoder_settings,
-        code=source_hash("autoencoder", "training", "embedding", "preprocess_ct", "preprocess_cxr"),
+        code=code("autoencoder"),
     log:
         f"{LOGS}/autoencoder/{{kind}}.log",
     benchmark:
@@ -43,7 +43,7 @@ rule embed:
     params:
         dims=dims,
         size=autoencoder_input_size,
-        code=source_hash("autoencoder", "training", "embedding", "preprocess_ct", "preprocess_cxr"),
+        code=code("embed"),
     log:
         f"{LOGS}/embed/{{kind}}.log",
     benchmark:
@@ -68,7 +68,7 @@ rule plan:
     params:
         dims=dims,
         settings=discovery_settings,
-        code=source_hash("discovery", "self_discovery", "patches", "embedding"),
+        code=code("plan"),
     log:
         f"{LOGS}/plan/{{kind}}.log",
     benchmark:
@@ -93,7 +93,7 @@ rule patches:
     params:
         dims=dims,
         settings=discovery_settings,
-        code=source_hash("discovery", "self_discovery", "patches"),
+        code=code("patches"),
     log:
         f"{LOGS}/patches/{{kind}}.log",
     benchmark:

@@ -11,7 +11,8 @@ rule finetune:
         curves="results/finetune/{task}/{method}/run{run}/curves.png",
     params:
         settings=finetune_settings,
-        code=source_hash("finetuning", "metrics", "networks", "unet3d", "unet2d", "training", "tasks/taskdata"),
+        source=lambda wildcards: data_source(wildcards.task),
+        code=code("finetune"),
     log:
         f"{LOGS}/finetune/{{task}}/{{method}}/run{{run}}.log",
     benchmark:
@@ -41,7 +42,7 @@ rule tables:
         curves=[report(f"results/tables/curves_{task}.png", category="Results") for task in FINETUNE_TASKS],
     params:
         label_fraction=config["finetune"]["label_fraction"],
-        code=source_hash("tables", "published", "tasks/taskdata"),
+        code=code("tables"),
     log:
         f"{LOGS}/tables.log",
     benchmark:

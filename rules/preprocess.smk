@@ -11,7 +11,7 @@ rule preprocess_ct:
         settings={k: v for k, v in config["preprocess"]["ct"].items() if k != "splits"},
         split=lambda wildcards: SPLIT_OF_SUBSET[wildcards.subset],
         strict=config["preprocess"]["strict"],
-        code=source_hash("readers", "preprocess_ct"),
+        code=code("preprocess_ct"),
     log:
         f"{LOGS}/preprocess_ct/{{subset}}.log",
     benchmark:
@@ -30,7 +30,7 @@ rule ct_manifest:
     input:
         expand("results/ct/preprocessed/{subset}.tsv", subset=CT_SUBSETS),
     params:
-        code=source_hash("preprocess_ct"),
+        code=code("ct_manifest"),
     output:
         report("results/ct/scans.tsv", category="Data", caption="../report/scans.rst"),
     log:
@@ -56,7 +56,7 @@ rule preprocess_cxr:
     params:
         settings=config["preprocess"]["cxr"],
         strict=config["preprocess"]["strict"],
-        code=source_hash("readers", "preprocess_cxr"),
+        code=code("preprocess_cxr"),
     log:
         f"{LOGS}/preprocess_cxr.log",
     benchmark:

@@ -5,6 +5,8 @@
 rule pretrain:
     input:
         patches="results/{kind}/discovery/patches.h5",
+        # The manifest's digest goes into architecture.json with the data source (provenance).
+        manifest=lambda wildcards: preprocessed(wildcards)["manifest"],
     output:
         weights="results/{kind}/pretrain/{method}/weights.pt",
         encoder="results/{kind}/pretrain/{method}/encoder.pt",
@@ -18,7 +20,8 @@ rule pretrain:
         ),
     params:
         settings=pretrain_settings,
-        code=source_hash("pretraining", "methods", "networks", "unet3d", "unet2d", "transforms", "training"),
+        source=lambda wildcards: data_source(wildcards.kind),
+        code=code("pretrain"),
     log:
         f"{LOGS}/pretrain/{{kind}}/{{method}}.log",
     benchmark:
@@ -48,7 +51,7 @@ rule transform_gallery:
     params:
         restoration_policy=config["pretrain"]["restoration_policy"],
         transforms=canonical(config["pretrain"]["transforms"]),
-        code=source_hash("pretraining", "transforms"),
+        code=code("transform_gallery"),
     log:
         f"{LOGS}/transform_gallery/{{kind}}.log",
     benchmark:

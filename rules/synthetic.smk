@@ -1,97 +1,100 @@
 # The embedded synthetic chest data set, written in LUNA16 and ChestX-ray14 formats.
+# Its rules exist only where that source is synthetic (a data root left null), so nothing can ever be planned
+# into a user's data folders.
+
+if SYNTHETIC_CT:
+
+    rule synthetic_ct:
+        output:
+            scans=[f"{CT_ROOT}/{subset}/{uid}.mhd" for subset, uid in SYNTHETIC_SCANS],
+            data=[f"{CT_ROOT}/{subset}/{uid}.raw" for subset, uid in SYNTHETIC_SCANS],
+            labels=[f"{CT_ROOT}/phantom-labels/{uid}.{ext}" for _, uid in SYNTHETIC_SCANS for ext in ("mhd", "zraw")],
+            annotations=f"{CT_ROOT}/annotations.csv",
+            candidates=f"{CT_ROOT}/candidates_V2.csv",
+            phantoms=f"{CT_ROOT}/phantoms.tsv",
+        params:
+            seed=config["synthetic"]["seed"],
+            settings=config["synthetic"]["ct"],
+            code=code("synthetic_ct"),
+        log:
+            f"{LOGS}/synthetic_ct.log",
+        benchmark:
+            f"{BENCHMARKS}/synthetic_ct.tsv"
+        threads: 4
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/synthetic_ct.py"
+
+    rule montage_ct:
+        input:
+            scans=rules.synthetic_ct.output.scans,
+            phantoms=rules.synthetic_ct.output.phantoms,
+        output:
+            report("results/synthetic/montage_ct.png", category="Data", caption="../report/montage_ct.rst"),
+        params:
+            patients=4,
+            code=code("montage_ct"),
+        log:
+            f"{LOGS}/montage_ct.log",
+        benchmark:
+            f"{BENCHMARKS}/montage_ct.tsv"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/montage_ct.py"
 
 
-rule synthetic_ct:
-    output:
-        scans=[f"{CT_ROOT}/{subset}/{uid}.mhd" for subset, uid in SYNTHETIC_SCANS],
-        data=[f"{CT_ROOT}/{subset}/{uid}.raw" for subset, uid in SYNTHETIC_SCANS],
-        labels=[f"{CT_ROOT}/phantom-labels/{uid}.{ext}" for _, uid in SYNTHETIC_SCANS for ext in ("mhd", "zraw")],
-        annotations=f"{CT_ROOT}/annotations.csv",
-        candidates=f"{CT_ROOT}/candidates_V2.csv",
-        phantoms=f"{CT_ROOT}/phantoms.tsv",
-    params:
-        seed=config["synthetic"]["seed"],
-        settings=config["synthetic"]["ct"],
-        code=source_hash("phantom", "synthetic"),
-    log:
-        f"{LOGS}/synthetic_ct.log",
-    benchmark:
-        f"{BENCHMARKS}/synthetic_ct.tsv"
-    threads: 4
-    resources:
-        mem_mb=4000,
-        runtime=60,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/synthetic_ct.py"
+if SYNTHETIC_CXR:
 
+    rule synthetic_cxr:
+        output:
+            entries=f"{CXR_ROOT}/Data_Entry_2017.csv",
+            train_val=f"{CXR_ROOT}/train_val_list.txt",
+            test=f"{CXR_ROOT}/test_list.txt",
+            images=directory(f"{CXR_ROOT}/images"),
+        params:
+            seed=config["synthetic"]["seed"],
+            settings=config["synthetic"]["cxr"],
+            phantom=config["synthetic"]["ct"],
+            code=code("synthetic_cxr"),
+        log:
+            f"{LOGS}/synthetic_cxr.log",
+        benchmark:
+            f"{BENCHMARKS}/synthetic_cxr.tsv"
+        threads: 4
+        resources:
+            mem_mb=2000,
+            runtime=60,
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/synthetic_cxr.py"
 
-rule synthetic_cxr:
-    output:
-        entries=f"{CXR_ROOT}/Data_Entry_2017.csv",
-        train_val=f"{CXR_ROOT}/train_val_list.txt",
-        test=f"{CXR_ROOT}/test_list.txt",
-        images=directory(f"{CXR_ROOT}/images"),
-    params:
-        seed=config["synthetic"]["seed"],
-        settings=config["synthetic"]["cxr"],
-        phantom=config["synthetic"]["ct"],
-        code=source_hash("phantom", "synthetic"),
-    log:
-        f"{LOGS}/synthetic_cxr.log",
-    benchmark:
-        f"{BENCHMARKS}/synthetic_cxr.tsv"
-    threads: 4
-    resources:
-        mem_mb=2000,
-        runtime=60,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/synthetic_cxr.py"
-
-
-rule montage_ct:
-    input:
-        scans=rules.synthetic_ct.output.scans,
-        phantoms=rules.synthetic_ct.output.phantoms,
-    output:
-        report("results/synthetic/montage_ct.png", category="Data", caption="../report/montage_ct.rst"),
-    params:
-        patients=4,
-        code=source_hash("montage", "readers"),
-    log:
-        f"{LOGS}/montage_ct.log",
-    benchmark:
-        f"{BENCHMARKS}/montage_ct.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/montage_ct.py"
-
-
-rule montage_cxr:
-    input:
-        unpack(cxr_inputs),
-    output:
-        report("results/synthetic/montage_cxr.png", category="Data", caption="../report/montage_cxr.rst"),
-    params:
-        images=12,
-        code=source_hash("montage", "readers"),
-    log:
-        f"{LOGS}/montage_cxr.log",
-    benchmark:
-        f"{BENCHMARKS}/montage_cxr.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/montage_cxr.py"
+    rule montage_cxr:
+        input:
+            unpack(cxr_inputs),
+        output:
+            report("results/synthetic/montage_cxr.png", category="Data", caption="../report/montage_cxr.rst"),
+        params:
+            images=12,
+            code=code("montage_cxr"),
+        log:
+            f"{LOGS}/montage_cxr.log",
+        benchmark:
+            f"{BENCHMARKS}/montage_cxr.tsv"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        conda:
+            ENV
+        script:
+            "../workflow/scripts/montage_cxr.py"

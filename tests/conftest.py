@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from interruption import Interrupted, stopping_end_epoch  # noqa: F401  (Interrupted: for the tests)
 from PIL import Image
 
 DATA = Path(__file__).parent / "data"
@@ -60,3 +62,14 @@ def real_ct(tmp_path) -> Path:
 @pytest.fixture
 def real_cr(tmp_path) -> Path:
     return Path(shutil.copy(DATA / "RG1_UNCR.dcm", tmp_path))
+
+
+def interrupt_after(monkeypatch, trainer_module, epochs: int) -> None:
+    """Make a trainer module (autoencoder, pretraining) stop as if killed after epoch `epochs`' checkpoint."""
+    monkeypatch.setattr(trainer_module, "end_epoch", stopping_end_epoch(trainer_module.end_epoch, epochs))
+
+
+def interrupt_processes_after(monkeypatch, epochs: int) -> None:
+    """The same for the training processes this one starts (torchrun): tests/interrupt/sitecustomize.py."""
+    monkeypatch.setenv("SG_TEST_INTERRUPT_AFTER", str(epochs))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent / "interrupt"), os.environ.get("PYTHONPATH", "")]))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import Interrupted, interrupt_after
 
+from semantic_genesis import autoencoder, training
 from semantic_genesis.autoencoder import (
     Autoencoder,
     AutoencoderSettings,
@@ -75,20 +78,27 @@ def test_training_lowers_loss_and_writes_outputs(trained) -> None:
     assert list(history.columns) == ["epoch", "train_loss", "val_loss", "lr", "seconds"]
     assert history.epoch.tolist() == list(range(1, 9))
     assert history.val_loss.iloc[-1] < 0.8 * history.val_loss.iloc[0]
-    for name in ("checkpoint.pt", "model.pt", "history.csv", "loss.png", "reconstructions.png"):
+    for name in ("model.pt", "history.csv", "loss.png", "reconstructions.png"):
         assert (out / name).stat().st_size > 0
+    assert not (out / "checkpoint.pt").exists(), "a finished run leaves nothing to resume"
     pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv"), history, check_dtype=False)
     assert not list(out.glob(".*partial*"))
 
 
-def test_load_autoencoder_gives_identical_outputs(trained) -> None:
+def test_load_autoencoder_gives_identical_outputs(trained, tmp_path, monkeypatch) -> None:
     history, out, val = trained
     loaded = load_autoencoder(out / "model.pt")
     assert not loaded.training and loaded.settings == dataclasses.replace(TINY_2D, max_epochs=8, lr=3e-3)
-    # model.pt holds the best epoch's weights, which the checkpoint keeps as best_weights.
-    assert torch.load(out / "model.pt", weights_only=True)["epoch"] == history.val_loss.idxmin() + 1
+    # model.pt holds the best epoch's weights: those of the same run stopped right after that epoch.
+    best_epoch = history.val_loss.idxmin() + 1
+    assert torch.load(out / "model.pt", weights_only=True)["epoch"] == best_epoch
+    interrupt_after(monkeypatch, autoencoder, best_epoch)  # a budget beyond it does not change the epochs before
+    with pytest.raises(Interrupted):
+        train_autoencoder(
+            shapes(24, 2, seed=1), val, dataclasses.replace(loaded.settings, max_epochs=best_epoch + 1), tmp_path
+        )
     best = Autoencoder(loaded.settings)
-    best.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=True)["best_weights"])
+    best.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"])
     x = torch.from_numpy(val)[:, None]
     with torch.no_grad():
         assert torch.equal(loaded(x), best.eval()(x))
@@ -105,30 +115,70 @@ def test_embed_images_shape_and_determinism(trained) -> None:
     np.testing.assert_allclose(latents[:1], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_resume_equals_uninterrupted(tmp_path) -> None:
-    train, val = shapes(10, 3, seed=3), shapes(4, 3, seed=4)
-    straight = train_autoencoder(train, val, TINY_3D, tmp_path / "straight")
-    train_autoencoder(train, val, dataclasses.replace(TINY_3D, max_epochs=2), tmp_path / "resumed")
-    resumed = train_autoencoder(train, val, TINY_3D, tmp_path / "resumed")
+def assert_same_run(a, b) -> None:
+    """Two output folders with bitwise equal best weights and equal losses."""
+    first, second = (torch.load(folder / "model.pt", weights_only=True) for folder in (a, b))
+    assert first["state_dict"].keys() == second["state_dict"].keys() and first["epoch"] == second["epoch"]
+    for key in first["state_dict"]:
+        assert torch.equal(first["state_dict"][key], second["state_dict"][key]), key
     loss_columns = ["epoch", "train_loss", "val_loss", "lr"]
-    pd.testing.assert_frame_equal(resumed[loss_columns], straight[loss_columns])
-    for name in ("model.pt", "checkpoint.pt"):
-        a = torch.load(tmp_path / "straight" / name, weights_only=True)
-        b = torch.load(tmp_path / "resumed" / name, weights_only=True)
-        weights = "state_dict" if name == "model.pt" else "model"
-        assert a[weights].keys() == b[weights].keys()
-        for key in a[weights]:
-            assert torch.equal(a[weights][key], b[weights][key]), key
+    pd.testing.assert_frame_equal(pd.read_csv(a / "history.csv")[loss_columns], pd.read_csv(b / "history.csv")[loss_columns])
 
 
-def test_resume_refuses_other_settings_or_data(tmp_path) -> None:
+def interrupted_run(monkeypatch, train, val, settings, out, epochs=2) -> None:
+    """A run killed after epoch `epochs`: its checkpoint, and no model.pt."""
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, autoencoder, epochs)
+        with pytest.raises(Interrupted):
+            train_autoencoder(train, val, settings, out)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"] == epochs
+    assert not (out / "model.pt").exists()
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    train, val = shapes(10, 3, seed=3), shapes(4, 3, seed=4)
+    train_autoencoder(train, val, TINY_3D, tmp_path / "straight")
+    interrupted_run(monkeypatch, train, val, TINY_3D, tmp_path / "resumed")
+    train_autoencoder(train, val, TINY_3D, tmp_path / "resumed")
+    assert "resuming from" in caplog.text
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
+
+
+def test_resume_refuses_other_settings_data_or_code(tmp_path, monkeypatch) -> None:
     train, val = shapes(6, 2, seed=5), shapes(2, 2, seed=6)
-    one_epoch = dataclasses.replace(TINY_2D, max_epochs=1)
-    train_autoencoder(train, val, one_epoch, tmp_path)
+    interrupted_run(monkeypatch, train, val, TINY_2D, tmp_path)
     with pytest.raises(ValueError, match="base_width"):
-        train_autoencoder(train, val, dataclasses.replace(one_epoch, base_width=2), tmp_path)
-    with pytest.raises(ValueError, match="other data"):
-        train_autoencoder(train[:4], val, one_epoch, tmp_path)
+        train_autoencoder(train, val, dataclasses.replace(TINY_2D, base_width=2), tmp_path)
+    with pytest.raises(ValueError, match="other input data"):
+        train_autoencoder(train[:4], val, TINY_2D, tmp_path)
+    other = train.copy()
+    other[0] = 1 - other[0]  # same shapes, other contents
+    with pytest.raises(ValueError, match="other input data"):
+        train_autoencoder(other, val, TINY_2D, tmp_path)
+    monkeypatch.setattr(training, "module_code_digest", lambda module: "edited")
+    with pytest.raises(ValueError, match="other code"):
+        train_autoencoder(train, val, TINY_2D, tmp_path)
+
+
+@pytest.mark.parametrize("change", ["contents", "setting", "code"])
+def test_a_rerun_after_a_change_equals_a_fresh_run(change, tmp_path, monkeypatch) -> None:
+    """What a workflow rerun does (restart_stale), after a finished and after an interrupted run."""
+    train, val = shapes(6, 2, seed=5), shapes(2, 2, seed=6)
+    settings, new_train = dataclasses.replace(TINY_2D, max_epochs=3), train
+    if change == "contents":
+        new_train = train.copy()
+        new_train[:2] = 1 - new_train[:2]
+    new_settings = dataclasses.replace(settings, lr=settings.lr / 2) if change == "setting" else settings
+    train_autoencoder(train, val, settings, tmp_path / "finished")
+    interrupted_run(monkeypatch, train, val, settings, tmp_path / "interrupted")
+    if change == "code":
+        monkeypatch.setattr(training, "module_code_digest", lambda module: "edited")
+    for name in ("fresh", "finished", "interrupted"):
+        train_autoencoder(new_train, val, new_settings, tmp_path / name, restart_stale=True)
+    assert_same_run(tmp_path / "fresh", tmp_path / "finished")
+    assert_same_run(tmp_path / "fresh", tmp_path / "interrupted")
 
 
 def test_early_stopping_on_plateau(tmp_path) -> None:
@@ -136,7 +186,7 @@ def test_early_stopping_on_plateau(tmp_path) -> None:
     settings = dataclasses.replace(TINY_2D, lr=0.0, max_epochs=40, early_stopping_patience=3, plateau_patience=1)
     history = train_autoencoder(train, val, settings, tmp_path)
     assert len(history) < 40
-    # Resuming a run that stopped early trains no further, even with a larger budget.
+    # A larger budget changes nothing: the run stops at the same epoch.
     again = train_autoencoder(train, val, dataclasses.replace(settings, max_epochs=80), tmp_path)
     assert len(again) == len(history)
 
@@ -158,12 +208,11 @@ def test_latent_scatter_writes_png(tmp_path) -> None:
     assert (tmp_path / "latent.png").stat().st_size > 0
 
 
-def test_stale_checkpoint_is_replaced_when_asked(tmp_path, caplog) -> None:
+def test_stale_checkpoint_is_replaced_when_asked(tmp_path, monkeypatch, caplog) -> None:
     """A workflow rerun after a config change restarts instead of failing on the old checkpoint."""
     train, val = shapes(6, 2, seed=5), shapes(2, 2, seed=6)
-    one_epoch = dataclasses.replace(TINY_2D, max_epochs=1)
-    train_autoencoder(train, val, one_epoch, tmp_path)
-    wider = dataclasses.replace(one_epoch, base_width=2)
+    interrupted_run(monkeypatch, train, val, TINY_2D, tmp_path)
+    wider = dataclasses.replace(TINY_2D, max_epochs=1, base_width=2)
     history = train_autoencoder(train, val, wider, tmp_path, restart_stale=True)
     assert len(history) == 1 and "starting afresh" in caplog.text
     assert load_autoencoder(tmp_path / "model.pt").settings.base_width == 2

@@ -7,10 +7,18 @@ from pathlib import Path
 from semantic_genesis.gpus import claim_gpus
 from semantic_genesis.logs import rule_logging
 from semantic_genesis.pretraining import PretrainSettings, pretrain
+from semantic_genesis.provenance import data_record
 
 with rule_logging(snakemake.log[0]), claim_gpus(snakemake.resources.get("gpu", 0)) as gpus:
     # Worker count and threads choose hardware, not results, so they come from the config, not from params.
     execution = {"workers": snakemake.config["pretrain"]["workers"], "num_threads": snakemake.threads}
     settings = PretrainSettings.from_dict({**snakemake.params.settings, **execution})
-    out_dir = Path(snakemake.output.weights).parent
-    pretrain(snakemake.input.patches, settings, out_dir, True, max(1, len(gpus)), snakemake.log[0])
+    pretrain(
+        snakemake.input.patches,
+        settings,
+        Path(snakemake.output.weights).parent,
+        restart_stale=True,
+        processes=max(1, len(gpus)),
+        log_path=snakemake.log[0],
+        sources=[data_record(snakemake.params.source, snakemake.input.manifest)],
+    )

@@ -24,7 +24,15 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
-from .training import batches, end_epoch, fresh_run_state, load_checkpoint, reproducible  # noqa: E402
+from .training import (  # noqa: E402
+    batches,
+    end_epoch,
+    finish_run,
+    fresh_run_state,
+    load_checkpoint,
+    reproducible,
+    run_stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +200,10 @@ def train_autoencoder(
 ) -> pd.DataFrame:
     """Train on (N, [D,] H, W) images in [0, 1], resuming from out_dir/checkpoint.pt; return the epoch history.
 
-    Writes checkpoint.pt (every epoch), model.pt (best weights), history.csv, loss.png and reconstructions.png.
-    With the same seed, a run interrupted and resumed ends with the same weights and losses as an uninterrupted one.
-    A checkpoint of other settings or data is an error, or with restart_stale (a workflow rerun after a config
-    change) it is ignored and overwritten.
+    Writes checkpoint.pt (every epoch; deleted when the run is done), model.pt (best weights), history.csv, loss.png
+    and reconstructions.png. With the same seed, a run interrupted and resumed ends with the same weights and losses
+    as an uninterrupted one. A checkpoint of other settings, data or code is an error, or with restart_stale (a
+    workflow rerun after a change) it is ignored and overwritten.
     """
     log = log or logging.getLogger(__name__)
     out_dir, device = Path(out_dir), torch.device(device)
@@ -204,7 +212,7 @@ def train_autoencoder(
         raise ValueError("no training images")
     if len(val) == 0:
         log.warning("validation set is empty: the learning-rate schedule and early stopping follow the training loss")
-    fingerprint = _fingerprint(train_images, val_images)
+    stamp = run_stamp(asdict(settings), _fingerprint(train_images, val_images), __name__)
 
     with reproducible(settings.num_threads):
         torch.manual_seed(settings.seed)
@@ -221,7 +229,7 @@ def train_autoencoder(
         best_weights = copy.deepcopy(model.state_dict())
 
         checkpoint_path = out_dir / "checkpoint.pt"
-        saved = load_checkpoint(checkpoint_path, asdict(settings), fingerprint, RESUMABLE_CHANGES, restart_stale, log)
+        saved = load_checkpoint(checkpoint_path, stamp, RESUMABLE_CHANGES, restart_stale, log)
         if saved is not None:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -275,8 +283,7 @@ def train_autoencoder(
             with atomic_path(checkpoint_path) as tmp:
                 torch.save(
                     {
-                        "settings": asdict(settings),
-                        "fingerprint": fingerprint,
+                        **stamp,
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
@@ -308,6 +315,7 @@ def train_autoencoder(
         examples[torch.linspace(0, len(examples) - 1, min(4, len(examples))).round().long()],
         out_dir / "reconstructions.png",
     )
+    finish_run(checkpoint_path)
     return history
 
 

@@ -60,6 +60,11 @@ def _check_consistency(config: dict) -> None:
         if pair[0] > pair[1]:
             raise ConfigError(f"config key '{path}': lower bound {pair[0]} exceeds upper bound {pair[1]}")
 
+    if config["data"]["ncc_candidates"] is not None and config["data"]["ct_root"] is None:
+        raise ConfigError(
+            "config key 'data.ncc_candidates': set with the synthetic CT set (data.ct_root is null), whose own "
+            "candidates would be replaced by another set's; set data.ct_root to the scans it lists, or leave it null"
+        )
     syn = config["synthetic"]
     for name in ("fov_mm", "nodules", "nodule_diameter_mm", "noise_hu"):
         ordered(f"synthetic.ct.{name}", syn["ct"][name])

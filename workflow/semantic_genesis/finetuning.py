@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from tqdm import tqdm  # noqa: E402
 from . import metrics  # noqa: E402
 from .artifacts import atomic_path  # noqa: E402
 from .networks import ARCHITECTURE_FILE, build_unet, count_parameters, load_pretrained  # noqa: E402
+from .provenance import any_synthetic  # noqa: E402
 from .tasks.taskdata import TASKS, TaskData  # noqa: E402
 from .training import batches, end_epoch, fresh_run_state, reproducible, resolve_device  # noqa: E402
 from .unet2d import ResNetEncoder2D  # noqa: E402
@@ -410,12 +411,19 @@ def _clean(value):
 
 
 def finetune(
-    task_h5: Path | str, pretrained: Path | str | None, settings: FinetuneSettings, out_dir: Path | str
+    task_h5: Path | str,
+    pretrained: Path | str | None,
+    settings: FinetuneSettings,
+    out_dir: Path | str,
+    sources: Sequence[Mapping] = (),
 ) -> dict:
     """Fine-tune on task_h5's training split (a label_fraction subset), pick the best validation epoch, test once.
 
     pretrained: a save_pretrained folder (None for method "scratch"). Writes metrics.json, predictions.h5 (test split),
     history.csv and curves.png into out_dir and returns the metrics.json content.
+
+    sources: the task data's records (provenance.data_record). metrics.json lists them with the records the pretrained
+    weights carry in architecture.json, and is synthetic when the task file or any of those records is.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -424,6 +432,8 @@ def finetune(
         if data.task != settings.task:
             raise ValueError(f"{task_h5} holds task {data.task!r}, but the settings are for {settings.task!r}")
         run = Finetuner(data, pretrained, settings)
+        lineage = [*sources, *(pretrained_architecture(pretrained)["extra"].get("data", []) if pretrained else [])]
+        synthetic = data.synthetic or any_synthetic(lineage)
         n_train, n_val, n_test = (len(run.splits[s]) for s in ("train", "val", "test"))
         if n_train == 0:
             raise ValueError(f"{task_h5} holds no training samples")
@@ -518,7 +528,8 @@ def finetune(
                 "metric": data.spec.metric,
                 "value": test["metric"],
                 "scores": scores,
-                "synthetic": data.synthetic,
+                "synthetic": synthetic,
+                "data": lineage,
                 "label_fraction": settings.label_fraction,
                 "n_train": n_train,
                 "n_val": n_val,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,17 @@ from .distributed import SINGLE, Processes, all_sum, launch, process_group, shar
 from .logs import rule_logging  # noqa: E402
 from .methods import METHODS, Method  # noqa: E402
 from .networks import GenesisNet, NetworkSettings, save_pretrained  # noqa: E402
-from .training import batches, end_epoch, fresh_run_state, load_checkpoint, reproducible, resolve_device  # noqa: E402
+from .provenance import file_digest  # noqa: E402
+from .training import (  # noqa: E402
+    batches,
+    end_epoch,
+    finish_run,
+    fresh_run_state,
+    load_checkpoint,
+    reproducible,
+    resolve_device,
+    run_stamp,
+)
 from .transforms import TransformSettings, apply, apply_batch, draw, draw_step, sample_generator  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -223,17 +232,6 @@ class EpochBatches(Sampler):
     def global_sizes(self) -> list[int]:
         """Size of the global batch behind each batch __iter__ yields this epoch, in the same order."""
         return [size for _, size in self._shares()]
-
-
-def patches_fingerprint(path: Path | str) -> str:
-    """Digest of what patches.h5 was made from (its recorded config and seed) and of its labels and shapes."""
-    digest = hashlib.blake2b(digest_size=16)
-    with h5py.File(path, "r") as h5:
-        digest.update(json.dumps({k: str(v) for k, v in sorted(h5.attrs.items())}).encode())
-        for split in ("train", "val"):
-            digest.update(repr(h5[split]["patches"].shape).encode())
-            digest.update(h5[split]["labels"][()].tobytes())
-    return digest.hexdigest()
 
 
 def _amp_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
@@ -436,15 +434,18 @@ def pretrain(
     restart_stale: bool = False,
     processes: int = 1,
     log_path: Path | str | None = None,
+    sources: Sequence[Mapping] = (),
 ) -> pd.DataFrame:
     """Pretrain one method on patches.h5, resuming from out_dir/checkpoint.pt; return the epoch history.
 
     On the CPU a run is bitwise reproducible (and a resumed run equals an uninterrupted one); on a GPU, where cuDNN
     autotuning picks kernels, only up to floating-point summation order.
 
-    Writes checkpoint.pt every epoch, then the best epoch's weights (weights.pt, encoder.pt, architecture.json; load
-    them with networks.load_pretrained), history.csv, curves.png and examples.png. A checkpoint of other settings or
-    patches is an error, or with restart_stale (a workflow rerun after a config change) it is discarded.
+    Writes checkpoint.pt every epoch (deleted when the run is done), then the best epoch's weights (weights.pt,
+    encoder.pt, architecture.json; load them with networks.load_pretrained), history.csv, curves.png and
+    examples.png. A checkpoint of other settings, patches or code is an error, or with restart_stale (a workflow
+    rerun after a change) it is discarded. sources: the data records (provenance.data_record) of the scans behind
+    the patches, kept in architecture.json so that every later result knows whether it rests on synthetic data.
 
     processes > 1 starts that many torchrun processes (one per visible GPU, or gloo processes on the CPU, which share
     num_threads) and waits for them; their rank 0 appends its log to log_path.
@@ -452,12 +453,13 @@ def pretrain(
     out_dir = Path(out_dir)
     if processes > 1 and not Processes.from_environment().active:
         arguments = ["--patches", str(patches_h5), "--out", str(out_dir), "--settings", json.dumps(asdict(settings))]
+        arguments += ["--sources", json.dumps(list(sources))]
         arguments += ["--restart-stale"] * restart_stale + ["--log-file", str(log_path)] * (log_path is not None)
         launch("semantic_genesis.pretrain_process", arguments, processes)
         return pd.read_csv(out_dir / "history.csv")
     device = resolve_device(settings.device)
     with process_group(device) as (ranks, device):
-        return _pretrain(patches_h5, settings, out_dir, restart_stale, ranks, device)
+        return _pretrain(patches_h5, settings, out_dir, restart_stale, ranks, device, sources)
 
 
 def _pretrain(
@@ -467,9 +469,13 @@ def _pretrain(
     restart_stale: bool,
     ranks: Processes,
     device: torch.device,
+    sources: Sequence[Mapping],
 ) -> pd.DataFrame:
     """pretrain() in one process of `ranks` (all of them compute, rank 0 writes)."""
-    fingerprint = patches_fingerprint(patches_h5)
+    # The patches' bytes, not only their shapes and labels: a rebuilt patches.h5 (another HU window, say) has other
+    # contents in the same layout, and must never continue a run on the old ones.
+    fingerprint = file_digest(patches_h5)
+    stamp = run_stamp(asdict(settings), fingerprint, __name__)
     threads = max(1, settings.num_threads // ranks.world_size) if settings.num_threads else 0
     # On a GPU, speed wins over bitwise repeatability: deterministic kernels would slow 3D pooling and scatters.
     with reproducible(threads, deterministic=device.type == "cpu"):
@@ -492,7 +498,7 @@ def _pretrain(
         state = fresh_run_state()
         best_weights = copy.deepcopy(run.model.state_dict())
         checkpoint = out_dir / "checkpoint.pt"
-        saved = load_checkpoint(checkpoint, asdict(settings), fingerprint, RESUMABLE_CHANGES, restart_stale, log)
+        saved = load_checkpoint(checkpoint, stamp, RESUMABLE_CHANGES, restart_stale, log)
         if saved is not None:
             run.load_state(saved)
             best_weights, state = saved["best_weights"], saved["state"]
@@ -537,8 +543,7 @@ def _pretrain(
             )
             if ranks.main:
                 with atomic_path(checkpoint) as tmp:
-                    extra = {"settings": asdict(settings), "fingerprint": fingerprint}
-                    torch.save({**run.state(), **extra, "best_weights": best_weights, "state": state}, tmp)
+                    torch.save({**run.state(), **stamp, "best_weights": best_weights, "state": state}, tmp)
             if state["stopped"]:
                 log.info(
                     "early stopping: no %s-loss improvement for %d epochs", monitored, settings.early_stopping_patience
@@ -559,13 +564,15 @@ def _pretrain(
             "best": best[0] if best else {},
             "settings": asdict(settings),
             "patches": str(patches_h5),
-            "patches_fingerprint": fingerprint,
+            "patches_sha256": fingerprint,
+            "data": list(sources),
         }
         save_pretrained(run.model, out_dir, extra=json.loads(json.dumps(extra, default=str)))
         with atomic_path(out_dir / "history.csv") as tmp:
             history.to_csv(tmp, index=False)
         plot_curves(history, settings.method, out_dir / "curves.png")
         plot_examples(run, out_dir / "examples.png")
+        finish_run(checkpoint)
     return history
 
 
@@ -695,6 +702,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--patches", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--settings", required=True, help="PretrainSettings as JSON")
+    parser.add_argument("--sources", default="[]", help="data records as JSON")
     parser.add_argument("--restart-stale", action="store_true")
     parser.add_argument("--log-file", help="log file rank 0 appends to")
     args = parser.parse_args(argv)
@@ -702,4 +710,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     level = logging.INFO if ranks.main else logging.WARNING
     with rule_logging(args.log_file if ranks.main else None, level=level, mode="a"):
         settings = PretrainSettings.from_dict(json.loads(args.settings))
-        pretrain(args.patches, settings, args.out, args.restart_stale)
+        pretrain(args.patches, settings, args.out, args.restart_stale, sources=json.loads(args.sources))

@@ -35,6 +35,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
+from .provenance import any_synthetic  # noqa: E402
 from .published import (  # noqa: E402
     PUBLISHED_ONLY_2D,
     PUBLISHED_ONLY_3D,
@@ -96,10 +97,13 @@ ROWS_COMPARISON_3D = [
 ]
 ROWS_2D = ["scratch", *PUBLISHED_ONLY_2D, *METHOD_ORDER[1:]]
 MISSING = "–"
-SYNTHETIC_NOTE = "Results on SYNTHETIC data (the embedded demo), not comparable with the paper's numbers."
+SYNTHETIC_NOTE = (
+    "Results on SYNTHETIC data (the embedded demo), not comparable with the paper's numbers: the task data or the "
+    "scans the weights were pretrained on are synthetic."
+)
 MIXED_NOTE = (
-    "Some results are on SYNTHETIC data (the embedded demo; cells marked 'synthetic'): those are not comparable with "
-    "the paper's numbers."
+    "Some results are on SYNTHETIC data (the embedded demo; cells marked 'synthetic': their task data or the scans "
+    "their weights were pretrained on): those are not comparable with the paper's numbers."
 )
 FORMATS = ("csv", "md", "tex")
 
@@ -138,10 +142,15 @@ def _read_metrics(path: Path) -> dict | None:
         raise ValueError(f"{path}: value must be a finite fraction in [0, 1], not {value!r}")
     if not isinstance(record["synthetic"], bool):
         raise ValueError(f"{path}: synthetic must be true or false, not {record['synthetic']!r}")
+    lineage = record.get("data") or []
+    if not isinstance(lineage, list) or not all(isinstance(r, dict) and isinstance(r.get("synthetic"), bool) for r in lineage):
+        raise ValueError(f"{path}: data must be a list of data records, each saying whether it is synthetic")
     fraction = record["label_fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
         raise ValueError(f"{path}: label_fraction must be in (0, 1], not {fraction!r}")
     row = {key: record[key] for key in REQUIRED_KEYS}
+    # Synthetic anywhere along the lineage (the task's data, or the scans the weights were pretrained on) marks the run.
+    row["synthetic"] = record["synthetic"] or any_synthetic(lineage)
     row.update(value=100.0 * value, value_fraction=float(value), label_fraction=float(fraction), path=str(path))
     for key in OPTIONAL_KEYS:
         row[key] = record.get(key)

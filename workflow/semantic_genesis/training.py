@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .provenance import module_code_digest
+
 
 @contextlib.contextmanager
 def reproducible(num_threads: int, deterministic: bool = True) -> Iterator[None]:
@@ -72,33 +74,47 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def run_stamp(settings: Mapping, data: str, trainer_module: str) -> dict:
+    """What makes two runs the same job, saved in each checkpoint: the settings, a digest of the input contents
+    (data) and the digest of the trainer's code (its module and everything of the package it imports)."""
+    return {"settings": dict(settings), "fingerprint": data, "code": module_code_digest(trainer_module)}
+
+
 def load_checkpoint(
     path: Path,
-    settings: Mapping,
-    fingerprint: str,
+    stamp: Mapping,
     resumable: set[str],
     restart_stale: bool,
     log: logging.Logger,
 ) -> dict | None:
     """The checkpoint at path if this run may resume it, else None (none there, or stale and restart_stale).
 
-    A checkpoint is stale when it was written with other settings (beyond the `resumable` ones, which do not change
-    what a run computes) or for other data (`fingerprint`): two runs are never mixed. A stale checkpoint is an error
-    unless restart_stale (a workflow rerun after a config change), in which case it is ignored and later overwritten.
+    A checkpoint is the state of an interrupted run (a finished run deletes its own: finish_run). It is stale when it
+    was written with other settings (beyond the `resumable` ones, which do not change what a run computes), for
+    other input contents or by other code (see run_stamp): two runs are never mixed. A stale checkpoint is an error
+    unless restart_stale (a workflow rerun after a change), in which case it is ignored and later overwritten.
     """
     if not path.exists():
         return None
     # RNG states must stay on the CPU; load_state_dict moves weights and optimizer state to the device.
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    changed = {k for k, v in settings.items() if saved["settings"].get(k) != v} - resumable
+    changed = {k for k, v in stamp["settings"].items() if saved["settings"].get(k) != v} - resumable
     problem = None
     if changed:
         problem = f"was written with other settings ({', '.join(sorted(changed))})"
-    elif saved["fingerprint"] != fingerprint:
-        problem = "was written for other data"
+    elif saved["fingerprint"] != stamp["fingerprint"]:
+        problem = "was written for other input data"
+    elif saved.get("code") != stamp["code"]:
+        problem = "was written by other code (the package changed since)"
     if problem and not restart_stale:
         raise ValueError(f"{path} {problem}; delete it to restart")
     if problem:
         log.warning("%s %s: starting afresh", path, problem)
         return None
     return saved
+
+
+def finish_run(checkpoint: Path) -> None:
+    """Delete a finished run's checkpoint (after its artifacts are written): a later run of the job, which Snakemake
+    starts only when an input, a setting or the code changed, must train from scratch, never resume this one."""
+    checkpoint.unlink(missing_ok=True)
