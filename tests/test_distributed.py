@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import interrupt_processes_after
 from test_pretraining import settings as base_settings
 from test_pretraining import weights, write_patches
 from torch import nn
@@ -175,7 +176,7 @@ def _pretrain_rank(rank: int, port: int, patches_path, out_root) -> None:
 def test_only_rank_0_writes(patches, tmp_path):
     mp.spawn(_pretrain_rank, args=(free_port(), patches, tmp_path), nprocs=WORLD)
     written = {p.name for p in (tmp_path / "rank0").iterdir()}
-    assert written == {f"{n}.pt" for n in ("weights", "encoder", "checkpoint")} | {
+    assert written == {f"{n}.pt" for n in ("weights", "encoder")} | {
         "architecture.json",
         "history.csv",
         "curves.png",
@@ -206,10 +207,14 @@ def test_torchrun_run_equals_the_single_process_run_and_logs_once(torchrun_run, 
     assert log.count("epoch 2/2:") == 1  # rank 1 logs warnings only
 
 
-def test_torchrun_run_resumes_like_an_uninterrupted_one(torchrun_run, patches, tmp_path):
+def test_torchrun_run_resumes_like_an_uninterrupted_one(torchrun_run, patches, tmp_path, monkeypatch):
     root, history = torchrun_run
-    pretrain(patches, settings(max_epochs=1), tmp_path, processes=WORLD)
-    (tmp_path / "weights.pt").unlink()
+    with monkeypatch.context() as patch:
+        interrupt_processes_after(patch, 1)  # both processes stop as if killed during epoch 2
+        with pytest.raises(RuntimeError, match="torchrun processes"):
+            pretrain(patches, settings(max_epochs=2), tmp_path, processes=WORLD)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 1
+    assert not (tmp_path / "weights.pt").exists()
     resumed = pretrain(patches, settings(max_epochs=2), tmp_path, processes=WORLD, log_path=tmp_path / "log")
     assert "resuming from" in (tmp_path / "log").read_text()
     whole, split = weights(root / "run"), weights(tmp_path)

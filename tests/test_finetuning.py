@@ -33,12 +33,13 @@ def _background(shape, rng):
     return np.clip(0.3 + rng.normal(0, 0.05, shape), 0, 1)
 
 
-def write_task(path, task, sizes=SIZES, seed=0):
-    """A tiny synthetic task file of the kind of `task` (see the module docstring of each case below)."""
+def write_task(path, task, sizes=SIZES, seed=0, synthetic=True):
+    """A tiny synthetic task file of the kind of `task` (see the module docstring of each case below); synthetic:
+    what the file says of its data (False stands in for a task read from real data)."""
     rng = np.random.default_rng(seed)
     spec = TASKS[task]
     shape = SHAPE_3D if spec.dims == 3 else SHAPE_2D
-    with TaskWriter(path, task, shape, synthetic=True, source="test") as writer:
+    with TaskWriter(path, task, shape, synthetic=synthetic, source="test") as writer:
         for split, n in sizes.items():
             for i in range(n):
                 image = _background(shape, rng)
@@ -62,14 +63,14 @@ def write_task(path, task, sizes=SIZES, seed=0):
     return path
 
 
-def write_pretrained(folder, dims, base_width=4, seed=123, method="models_genesis"):
+def write_pretrained(folder, dims, base_width=4, seed=123, method="models_genesis", data=()):
     torch.manual_seed(seed)
     model = GenesisNet(NetworkSettings(dims=dims, base_width=base_width))
     # Move the batch-norm statistics away from their defaults, so that loading them is visible too.
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.running_mean.uniform_(-0.1, 0.1)
-    save_pretrained(model, folder, extra={"method": method})
+    save_pretrained(model, folder, extra={"method": method, "data": list(data)})
     return folder
 
 
@@ -244,3 +245,39 @@ def test_settings_from_dict_ignores_unknown_keys_and_maps_the_config_seed():
     assert math.isclose(FinetuneSettings.from_dict({"task": "dxc", "label_fraction": 0.1}).label_fraction, 0.1)
     with pytest.raises(ValueError, match="label_fraction"):
         FinetuneSettings(task="dxc", label_fraction=0)
+
+
+SYNTHETIC_SCANS = {"name": "ct", "dataset": "LUNA16", "root": "results/synthetic/luna16", "synthetic": True}
+REAL_TASK = {"name": "ncs", "dataset": "nodule cubes", "root": "/data/ncs", "synthetic": False, "manifest_sha256": "ab"}
+
+
+def test_a_real_task_on_weights_pretrained_on_synthetic_scans_is_synthetic(tmp_path):
+    """Provenance follows the lineage: the task data's records and those the pretrained weights carry."""
+    real = write_task(tmp_path / "ncs.h5", "ncs", sizes={"train": 8, "val": 4, "test": 4}, synthetic=False)
+    run = settings("ncs", max_epochs=1, base_width=2)
+    scratch = finetune(real, None, run, tmp_path / "scratch", sources=[REAL_TASK])
+    assert scratch["synthetic"] is False and scratch["data"] == [REAL_TASK]
+    weights = write_pretrained(tmp_path / "pretrained", 3, base_width=2, data=[SYNTHETIC_SCANS])
+    mixed = finetune(real, weights, settings("ncs", method="models_genesis", max_epochs=1, base_width=2), tmp_path / "mg", [REAL_TASK])
+    assert mixed["synthetic"] is True and mixed["data"] == [REAL_TASK, SYNTHETIC_SCANS]
+    assert read_metrics(tmp_path / "mg") == json.loads(json.dumps(mixed))
+
+
+def test_a_rerun_after_a_change_equals_a_fresh_run(tmp_path):
+    """Fine-tuning keeps no state between runs: a rerun into the same folder after its data changed (same shapes)
+    equals a fresh run on the new data."""
+    sizes = {"train": 8, "val": 4, "test": 4}
+    run = settings("ncs", max_epochs=2, base_width=2)
+    finetune(write_task(tmp_path / "old.h5", "ncs", sizes, seed=0), None, run, tmp_path / "same")
+    assert {p.name for p in (tmp_path / "same").iterdir()} == set(ARTIFACTS)
+    new = write_task(tmp_path / "new.h5", "ncs", sizes, seed=1)
+    again, fresh = (finetune(new, None, run, tmp_path / name) for name in ("same", "fresh"))
+    assert again.pop("seconds") > 0 and fresh.pop("seconds") > 0
+    assert again == fresh
+    for name in ("history.csv",):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / "same" / name).drop(columns="seconds"),
+            pd.read_csv(tmp_path / "fresh" / name).drop(columns="seconds"),
+        )
+    with h5py.File(tmp_path / "same" / "predictions.h5") as a, h5py.File(tmp_path / "fresh" / "predictions.h5") as b:
+        assert np.array_equal(a["scores"][()], b["scores"][()])

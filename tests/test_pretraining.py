@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import Interrupted, interrupt_after
 
+from semantic_genesis import pretraining, training
 from semantic_genesis.methods import METHODS
 from semantic_genesis.networks import Encoder3D, load_pretrained
 from semantic_genesis.pretraining import PatchDataset, PretrainSettings, pretrain, transform_gallery
@@ -58,6 +60,7 @@ def test_every_method_trains_falls_and_exports(method, patches_3d, tmp_path):
     assert history.train_rec.notna().all() == spec.restoration and history.val_acc.notna().all() == spec.classification
     for name in ("weights.pt", "encoder.pt", "architecture.json", "history.csv", "curves.png", "examples.png"):
         assert (tmp_path / name).stat().st_size > 0
+    assert not (tmp_path / "checkpoint.pt").exists(), "a finished run leaves nothing to resume"
     encoder = load_pretrained(tmp_path, part="encoder")
     bottleneck, skips = encoder(torch.rand(2, 1, *SHAPE_3D))
     assert bottleneck.shape == (2, encoder.out_channels, 1, 2, 2) and len(skips) == 3
@@ -87,18 +90,66 @@ def test_two_dimensional_pretraining(tmp_path):
     assert unet(torch.rand(2, 1, 32, 32)).shape == (2, 1, 32, 32)
 
 
-def test_resumed_run_equals_uninterrupted_run(patches_3d, tmp_path):
-    pretrain(patches_3d, settings(max_epochs=3), tmp_path / "whole")
-    pretrain(patches_3d, settings(max_epochs=2), tmp_path / "split")
-    # What a kill after epoch 2 leaves behind: the checkpoint, and no trustworthy final artifacts.
-    (tmp_path / "split" / "weights.pt").unlink()
-    resumed = pretrain(patches_3d, settings(max_epochs=3), tmp_path / "split")
-    whole, split = weights(tmp_path / "whole"), weights(tmp_path / "split")
-    assert all(torch.equal(whole[k], split[k]) for k in whole)
+def assert_same_run(a, b):
+    """Two output folders with bitwise equal weights and equal histories (but for wall-clock columns)."""
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    clock = ["seconds", "samples_per_s"]
     pd.testing.assert_frame_equal(
-        resumed.drop(columns=["seconds", "samples_per_s"]),
-        pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns=["seconds", "samples_per_s"]),
+        pd.read_csv(a / "history.csv").drop(columns=clock), pd.read_csv(b / "history.csv").drop(columns=clock)
     )
+
+
+def interrupted_run(monkeypatch, patches, run, out, epochs=2):
+    """A run killed after epoch `epochs`: its checkpoint, and no final artifacts."""
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, pretraining, epochs)
+        with pytest.raises(Interrupted):
+            pretrain(patches, run, out)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"] == epochs
+    assert not (out / "weights.pt").exists()
+
+
+def test_resumed_run_equals_uninterrupted_run(patches_3d, tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO")
+    pretrain(patches_3d, settings(max_epochs=3), tmp_path / "whole")
+    interrupted_run(monkeypatch, patches_3d, settings(max_epochs=3), tmp_path / "split")
+    pretrain(patches_3d, settings(max_epochs=3), tmp_path / "split")
+    assert "resuming from" in caplog.text
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
+    assert not (tmp_path / "split" / "checkpoint.pt").exists()
+
+
+def rewritten(path, out):
+    """patches.h5 copied with other patch contents in the same shapes, labels and attributes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(path.read_bytes())
+    with h5py.File(out, "r+") as h5:
+        h5["train/patches"][0] = 1 - h5["train/patches"][0]
+    return out
+
+
+@pytest.mark.parametrize("change", ["contents", "setting", "code"])
+def test_a_rerun_after_a_change_equals_a_fresh_run(change, patches_3d, tmp_path, monkeypatch, caplog):
+    """What a workflow rerun does (restart_stale) after a change, whether the earlier run finished or was killed."""
+    run, patches = settings(max_epochs=3), patches_3d
+    pretrain(patches, run, tmp_path / "finished")
+    old = weights(tmp_path / "finished")
+    interrupted_run(monkeypatch, patches, run, tmp_path / "interrupted")
+    if change == "contents":
+        patches = rewritten(patches_3d, tmp_path / "new" / "patches.h5")
+    elif change == "setting":
+        run = settings(max_epochs=3, lr=0.005)
+    else:
+        monkeypatch.setattr(training, "module_code_digest", lambda module: "edited")
+    for name in ("fresh", "finished", "interrupted"):
+        pretrain(patches, run, tmp_path / name, restart_stale=True)
+    assert_same_run(tmp_path / "fresh", tmp_path / "finished")
+    assert_same_run(tmp_path / "fresh", tmp_path / "interrupted")
+    assert "starting afresh" in caplog.text  # the killed run's checkpoint was set aside, not resumed
+    new = weights(tmp_path / "fresh")
+    # Other contents or settings give other weights (an edit of the code here is only a changed digest).
+    assert any(not torch.equal(old[k], new[k]) for k in old) == (change != "code")
 
 
 def test_workers_do_not_change_the_result(patches_3d, tmp_path):
@@ -108,12 +159,18 @@ def test_workers_do_not_change_the_result(patches_3d, tmp_path):
     assert all(torch.equal(main[k], workers[k]) for k in main)
 
 
-def test_stale_checkpoint_is_an_error_unless_restarting(patches_3d, tmp_path):
-    pretrain(patches_3d, settings(max_epochs=1), tmp_path)
+def test_stale_checkpoint_is_an_error_unless_restarting(patches_3d, tmp_path, monkeypatch):
+    interrupted_run(monkeypatch, patches_3d, settings(max_epochs=3), tmp_path)
     with pytest.raises(ValueError, match="other settings.*lr"):
-        pretrain(patches_3d, settings(max_epochs=1, lr=0.002), tmp_path)
+        pretrain(patches_3d, settings(max_epochs=3, lr=0.002), tmp_path)
+    with pytest.raises(ValueError, match="other input data"):
+        pretrain(rewritten(patches_3d, tmp_path / "new" / "patches.h5"), settings(max_epochs=3), tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "module_code_digest", lambda module: "edited")
+        with pytest.raises(ValueError, match="other code"):
+            pretrain(patches_3d, settings(max_epochs=3), tmp_path)
     history = pretrain(patches_3d, settings(max_epochs=1, lr=0.002), tmp_path, restart_stale=True)
-    assert history.lr.iloc[0] == 0.002
+    assert history.lr.iloc[0] == 0.002 and len(history) == 1
 
 
 def test_validation_transforms_are_fixed_and_training_ones_change(patches_3d):

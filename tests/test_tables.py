@@ -301,6 +301,23 @@ def test_mixed_synthetic_runs_are_marked_per_cell(paths, tmp_path):
     assert "synthetic" not in read(tmp_path / "out" / "results_2d.md").lower()  # the 2D runs are all real
 
 
+def test_real_task_results_from_synthetic_pretraining_are_captioned_synthetic(paths, tmp_path):
+    """The caption follows the whole lineage: real task data, weights pretrained on synthetic scans."""
+    lineage = [
+        {"name": "ncc", "root": "/data/luna16", "synthetic": False},
+        {"name": "ct", "root": "results/synthetic/luna16", "synthetic": True},
+    ]
+    mixed = write_run(tmp_path / "mixed", "ncc", "patch_shuffling", 0, 0.9, synthetic=False, data=lineage)
+    frame = tables.collect([*paths, mixed])
+    assert frame.set_index("method").loc["patch_shuffling", "synthetic"]
+    tables.build_tables(frame, tmp_path / "out")
+    assert row_of(tmp_path / "out" / "comparison_3d.csv", "patch_shuffling")["data"] == "synthetic"
+    assert "scans their weights were pretrained on" in read(tmp_path / "out" / "comparison_3d.md")
+    bad = write_run(tmp_path / "bad", "ncc", "rotation", 0, 0.9, data=[{"name": "ct"}])
+    with pytest.raises(ValueError, match="bad.*data must be a list of data records"):
+        tables.collect([bad])
+
+
 def test_latex_is_escaped_and_balanced(paths, tmp_path):
     extra = [write_run(tmp_path / "x", "ncc", "my_method", run, 0.9 + run / 100) for run in range(3)]
     tables.build_tables(tables.collect([*paths, *extra]), tmp_path / "out")
