@@ -72,4 +72,6 @@ def interrupt_after(monkeypatch, trainer_module, epochs: int) -> None:
 def interrupt_processes_after(monkeypatch, epochs: int) -> None:
     """The same for the training processes this one starts (torchrun): tests/interrupt/sitecustomize.py."""
     monkeypatch.setenv("SG_TEST_INTERRUPT_AFTER", str(epochs))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent / "interrupt"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(Path(__file__).parent / "interrupt"), os.environ.get("PYTHONPATH", "")])
+    )

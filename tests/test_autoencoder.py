@@ -122,7 +122,9 @@ def assert_same_run(a, b) -> None:
     for key in first["state_dict"]:
         assert torch.equal(first["state_dict"][key], second["state_dict"][key]), key
     loss_columns = ["epoch", "train_loss", "val_loss", "lr"]
-    pd.testing.assert_frame_equal(pd.read_csv(a / "history.csv")[loss_columns], pd.read_csv(b / "history.csv")[loss_columns])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(a / "history.csv")[loss_columns], pd.read_csv(b / "history.csv")[loss_columns]
+    )
 
 
 def interrupted_run(monkeypatch, train, val, settings, out, epochs=2) -> None:

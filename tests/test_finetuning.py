@@ -258,7 +258,13 @@ def test_a_real_task_on_weights_pretrained_on_synthetic_scans_is_synthetic(tmp_p
     scratch = finetune(real, None, run, tmp_path / "scratch", sources=[REAL_TASK])
     assert scratch["synthetic"] is False and scratch["data"] == [REAL_TASK]
     weights = write_pretrained(tmp_path / "pretrained", 3, base_width=2, data=[SYNTHETIC_SCANS])
-    mixed = finetune(real, weights, settings("ncs", method="models_genesis", max_epochs=1, base_width=2), tmp_path / "mg", [REAL_TASK])
+    mixed = finetune(
+        real,
+        weights,
+        settings("ncs", method="models_genesis", max_epochs=1, base_width=2),
+        tmp_path / "mg",
+        [REAL_TASK],
+    )
     assert mixed["synthetic"] is True and mixed["data"] == [REAL_TASK, SYNTHETIC_SCANS]
     assert read_metrics(tmp_path / "mg") == json.loads(json.dumps(mixed))
 

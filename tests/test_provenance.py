@@ -19,16 +19,28 @@ def closure_names(*entries):
 def test_closure_follows_indirect_imports_and_only_those():
     pretrain = closure_names(SCRIPTS / "pretrain.py")
     # Hand-written lists had missed these: pretraining imports distributed and artifacts, the plan preprocess_ct.
-    assert {"semantic_genesis/distributed.py", "semantic_genesis/artifacts.py", "semantic_genesis/unet3d.py"} <= pretrain
+    assert {
+        "semantic_genesis/distributed.py",
+        "semantic_genesis/artifacts.py",
+        "semantic_genesis/unet3d.py",
+    } <= pretrain
     assert "semantic_genesis/preprocess_ct.py" in closure_names(SCRIPTS / "plan.py")
     assert "scripts/pretrain.py" in pretrain and "semantic_genesis/__init__.py" in pretrain
-    assert not pretrain & {"semantic_genesis/phantom.py", "semantic_genesis/tables.py", "semantic_genesis/tasks/siim.py"}
+    assert not pretrain & {
+        "semantic_genesis/phantom.py",
+        "semantic_genesis/tables.py",
+        "semantic_genesis/tasks/siim.py",
+    }
 
 
 def test_relative_imports_of_a_subpackage_and_its_init_are_followed():
     names = closure_names("semantic_genesis.tasks.prepare")
     # `from ..artifacts import ...` in tasks/prepare.py, `from .siim import ...`, and the package __init__ files.
-    assert {"semantic_genesis/artifacts.py", "semantic_genesis/tasks/siim.py", "semantic_genesis/tasks/__init__.py"} <= names
+    assert {
+        "semantic_genesis/artifacts.py",
+        "semantic_genesis/tasks/siim.py",
+        "semantic_genesis/tasks/__init__.py",
+    } <= names
     assert "semantic_genesis/__init__.py" in names
 
 
@@ -47,7 +59,9 @@ def test_digest_changes_with_an_indirect_import_and_not_with_an_unrelated_module
 
 
 def test_module_digest_is_the_installed_package_closure():
-    assert module_code_digest("semantic_genesis.pretraining") == code_digest(PACKAGE_ROOT, "semantic_genesis.pretraining")
+    assert module_code_digest("semantic_genesis.pretraining") == code_digest(
+        PACKAGE_ROOT, "semantic_genesis.pretraining"
+    )
     with pytest.raises(ValueError, match="not found"):
         module_code_digest("semantic_genesis.no_such_module")
 

@@ -211,6 +211,12 @@ def test_changing_the_class_count_reruns_only_plan_and_patches(workdir, tmp_path
     assert planned["total"] == sum(v for k, v in planned.items() if k != "total")
 
 
+def test_finished_runs_leave_no_checkpoint(workdir):
+    # A rerun that Snakemake starts after any change must train afresh, so nothing remains to be resumed.
+    assert not list((workdir / "results").rglob("checkpoint.pt"))
+    assert not list((workdir / "results").rglob(".*partial*"))
+
+
 def test_pretraining_builds_every_method_of_both_kinds(workdir):
     for kind, dims in (("ct", 3), ("cxr", 2)):
         folder = workdir / f"results/{kind}/pretrain"
@@ -231,13 +237,13 @@ def test_a_pretraining_job_with_two_gpus_trains_on_two_processes(workdir, tmp_pa
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy, symlinks=True)
     target = "results/ct/pretrain/models_genesis/weights.pt"
-    (copy / target).with_name("checkpoint.pt").unlink()  # else the forced rerun resumes the finished run
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}
     arguments = [target, "--configfile", str(copy / "tiny.yaml"), "--cores", "2", "--forcerun", "pretrain"]
     snakemake(copy, *arguments, "--set-resources", "pretrain:gpu=2", env=env)
     log = (copy / "results/logs/pretrain/ct/models_genesis.log").read_text()
     assert "using GPU 0, 1" in log and "2 processes sharing batches" in log
     assert log.count(f"epoch {TINY['pretrain']['ct']['max_epochs']}/") == 1  # rank 0 alone logs
+    assert "resuming" not in log and not (copy / target).with_name("checkpoint.pt").exists()
     history = pd.read_csv(copy / "results/ct/pretrain/models_genesis/history.csv")
     assert len(history) == TINY["pretrain"]["ct"]["max_epochs"]
 
@@ -329,7 +335,10 @@ def test_real_data_folders_with_bad_files(tmp_path):
     assert images.status.tolist() == ["ok", "ok", "excluded"]
     assert not (tmp_path / "results/synthetic").exists(), "no synthetic data when real data is configured"
     # Synthetic nodule cubes need the synthetic phantoms, which real CT replaces: asking for NCS says what to set.
-    result = snakemake(tmp_path, "--configfile", str(tmp_path / "c.yaml"), "-n", "finetune_3d", check=False)
+    config["finetune"] = {"tasks": ["ncs"]}
+    result = snakemake(
+        tmp_path, "--configfile", write_config(tmp_path / "ncs.yaml", config), "-n", "finetune_3d", check=False
+    )
     assert result.returncode != 0 and "data.ncs_root is not set" in result.stdout + result.stderr
 
 
@@ -408,3 +417,147 @@ def test_report_gathers_every_stage(workdir):
     names = zipfile.ZipFile(workdir / "report.zip").namelist()
     for expected in ("comparison_3d", "adding_semantics.png", "transforms.png", "patches.png", "montage.png"):
         assert any(expected in name for name in names), expected
+
+
+def test_every_artifact_records_its_data_sources(workdir):
+    from semantic_genesis.provenance import file_digest
+
+    manifests = {"ct": workdir / "results/ct/scans.tsv", "cxr": workdir / "results/cxr/images.tsv"}
+    for kind, manifest in manifests.items():
+        architecture = json.loads((workdir / f"results/{kind}/pretrain/semantic_genesis/architecture.json").read_text())
+        (record,) = architecture["extra"]["data"]
+        assert record["name"] == kind and record["synthetic"] is True
+        assert record["root"].startswith("results/synthetic/") and record["manifest_sha256"] == file_digest(manifest)
+    metrics = json.loads((workdir / "results/finetune/ncs/semantic_genesis/run0/metrics.json").read_text())
+    task, scans = metrics["data"]
+    assert task["name"] == "ncs" and task["manifest_sha256"] == file_digest(workdir / "results/tasks/ncs/index.tsv")
+    assert scans["name"] == "ct" and metrics["synthetic"] is True
+    scratch = json.loads((workdir / "results/finetune/ncs/scratch/run0/metrics.json").read_text())
+    assert [r["name"] for r in scratch["data"]] == ["ncs"]
+
+
+def workflow_copy(root: Path) -> Path:
+    """A copy of the workflow's files (Snakefile, rules, package, config, profiles), to edit its code."""
+    copy = root / "workflow-copy"
+    copy.mkdir()
+    for name in ("Snakefile", "rules", "workflow", "config", "profiles", "envs", "report"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, copy / name)
+    return copy
+
+
+def test_editing_a_module_reruns_the_rules_that_import_it_and_only_those(workdir, tmp_path):
+    copy = workflow_copy(tmp_path)
+    snakefile = str(copy / "Snakefile")
+    # Targets before --configfile, which takes every following word.
+    arguments = [sys.executable, "-m", "snakemake", "-s", snakefile, "-d", str(workdir), "-n", *TARGETS]
+    arguments += ["--configfile", str(workdir / "tiny.yaml")]
+
+    def planned():
+        result = subprocess.run(arguments, capture_output=True, text=True, cwd=workdir)
+        assert result.returncode == 0, result.stdout + result.stderr
+        output = result.stdout + result.stderr
+        return {} if "Nothing to be done" in output else planned_jobs(output)
+
+    assert planned() == {}, "the copy's code is the same code"
+    package = copy / "workflow" / "semantic_genesis"
+    # distributed.py is imported by pretraining.py, which the pretrain rule's script imports.
+    with open(package / "distributed.py", "a") as handle:
+        handle.write("# an edit\n")
+    jobs = planned()
+    assert jobs["pretrain"] == 2 * len(METHODS) and jobs["finetune"] == len(FINETUNED) * RUNS * 6
+    assert jobs["transform_gallery"] == 2  # its function lives in pretraining.py too
+    assert not {"autoencoder", "embed", "plan", "patches", "preprocess_ct", "task_data"} & set(jobs)
+    (package / "distributed.py").write_text((REPO / "workflow/semantic_genesis/distributed.py").read_text())
+    with open(package / "tasks" / "siim.py", "a") as handle:
+        handle.write("# an edit no pretraining job imports\n")
+    jobs = planned()
+    assert "pretrain" not in jobs and "autoencoder" not in jobs and jobs["task_data"] == 6
+
+
+@pytest.fixture(scope="module")
+def user_roots(workdir, tmp_path_factory):
+    """Data folders in the public layouts, outside any workflow folder: copies of the synthetic sets."""
+    root = tmp_path_factory.mktemp("user-data")
+    names = {"ct": "luna16", "cxr": "chestxray14", "ncs": "ncs", "lits": "lits", "brats": "brats", "siim": "siim"}
+    for key, folder in names.items():
+        shutil.copytree(workdir / "results/synthetic" / folder, root / key)
+    return root
+
+
+def real_config(user_roots: Path, **data) -> dict:
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["data"] = {f"{key}_root": str(user_roots / key) for key in ("ct", "cxr", "ncs", "lits", "brats", "siim")}
+    config["data"].update(data)
+    return config
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under a folder with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def planned_paths(dry_run_output: str) -> list[str]:
+    """Every output, log and benchmark path of every job a dry run plans."""
+    paths = []
+    for match in re.finditer(r"^\s+(output|log|benchmark): (.+)$", dry_run_output, flags=re.M):
+        paths += match[2].split(", ")
+    return paths
+
+
+def test_real_data_roots_are_never_written(user_roots, tmp_path):
+    config = write_config(tmp_path / "real.yaml", real_config(user_roots))
+    before = snapshot(user_roots)
+    for target in (*TARGETS, "finetune_3d", "finetune_2d", "tables"):
+        result = snakemake(tmp_path, "--configfile", config, "-n", target)
+        output = result.stdout + result.stderr
+        paths = planned_paths(output)
+        assert paths, target
+        outside = [p for p in paths if not p.startswith("results/") or "results/synthetic" in p]
+        assert not outside, (target, outside)
+        assert not re.search(r"^rule (synthetic|montage)_", output, flags=re.M), target
+    # A real run: preprocessing of both kinds and every task's data file.
+    tasks = [f"results/tasks/{task}/data.h5" for task in (*TASKS_3D, *TASKS_2D)]
+    snakemake(tmp_path, "--configfile", config, "--cores", "2", "preprocess_3d", "preprocess_2d", *tasks)
+    assert snapshot(user_roots) == before, "the data roots were modified"
+    assert not (tmp_path / "results/synthetic").exists()
+    from semantic_genesis.tasks.taskdata import TaskData
+
+    for task in (*TASKS_3D, *TASKS_2D):
+        with TaskData(tmp_path / f"results/tasks/{task}/data.h5") as data:
+            assert data.synthetic is False, task
+
+
+def test_a_missing_root_or_file_is_named_before_any_job(user_roots, tmp_path):
+    def dry_run(config, target):
+        result = snakemake(
+            tmp_path, "--configfile", write_config(tmp_path / "c.yaml", config), "-n", target, check=False
+        )
+        return result.returncode, result.stdout + result.stderr
+
+    # LUNA16's candidate list is a separate download: without it, NCC says which key to set, and plans no phantoms.
+    ct = tmp_path / "ct"
+    shutil.copytree(user_roots / "ct", ct, ignore=shutil.ignore_patterns("candidates_V2.csv"))
+    config = real_config(user_roots, ct_root=str(ct))
+    config["finetune"]["tasks"] = ["ncc"]
+    code, output = dry_run(config, "finetune_3d")
+    assert code != 0 and "data.ct_root" in output and "candidates_V2.csv is missing" in output
+    assert "rule task_data (ncc)" in output and "synthetic_ct" not in output
+    config["data"]["ncc_candidates"] = str(user_roots / "ct" / "candidates_V2.csv")
+    code, output = dry_run(config, "finetune_3d")
+    assert code == 0, output
+    # A mistyped radiograph root is an error, not a folder to fill with synthetic radiographs.
+    config = real_config(user_roots, cxr_root=str(tmp_path / "chestxray14-typo"))
+    code, output = dry_run(config, "preprocess_2d")
+    assert code != 0 and f"data.cxr_root: the folder {tmp_path / 'chestxray14-typo'} does not exist" in output
+    assert not (tmp_path / "chestxray14-typo").exists()
+    # A task root without what its reader needs.
+    empty = tmp_path / "lits"
+    empty.mkdir()
+    config = real_config(user_roots, lits_root=str(empty))
+    config["finetune"]["tasks"] = ["lcs"]
+    code, output = dry_run(config, "finetune_3d")
+    assert code != 0 and "data.lits_root" in output and "volume-*.nii* is missing" in output

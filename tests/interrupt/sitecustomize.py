@@ -7,8 +7,9 @@ import sys
 _EPOCHS = os.environ.get("SG_TEST_INTERRUPT_AFTER")
 if _EPOCHS:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import semantic_genesis.training as training
     from interruption import stopping_end_epoch
+
+    import semantic_genesis.training as training
 
     # Patched before pretraining.py imports it by name, so the trainer gets the stopping version.
     training.end_epoch = stopping_end_epoch(training.end_epoch, int(_EPOCHS))

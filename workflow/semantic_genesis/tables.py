@@ -143,7 +143,9 @@ def _read_metrics(path: Path) -> dict | None:
     if not isinstance(record["synthetic"], bool):
         raise ValueError(f"{path}: synthetic must be true or false, not {record['synthetic']!r}")
     lineage = record.get("data") or []
-    if not isinstance(lineage, list) or not all(isinstance(r, dict) and isinstance(r.get("synthetic"), bool) for r in lineage):
+    if not isinstance(lineage, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("synthetic"), bool) for r in lineage
+    ):
         raise ValueError(f"{path}: data must be a list of data records, each saying whether it is synthetic")
     fraction = record["label_fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
