@@ -549,6 +549,9 @@ def test_a_missing_root_or_file_is_named_before_any_job(user_roots, tmp_path):
     config["data"]["ncc_candidates"] = str(user_roots / "ct" / "candidates_V2.csv")
     code, output = dry_run(config, "finetune_3d")
     assert code == 0, output
+    config = real_config(user_roots, ct_root=str(tmp_path / "luna16-typo"))
+    code, output = dry_run(config, "preprocess_2d")
+    assert code != 0 and f"data.ct_root: the folder {tmp_path / 'luna16-typo'} does not exist" in output
     # A mistyped radiograph root is an error, not a folder to fill with synthetic radiographs.
     config = real_config(user_roots, cxr_root=str(tmp_path / "chestxray14-typo"))
     code, output = dry_run(config, "preprocess_2d")
