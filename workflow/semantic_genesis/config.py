@@ -10,7 +10,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+# config/schema.yaml, reached through the package's link to it: an installed (non-editable) package carries a copy.
+SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 
 
 class ConfigError(ValueError):
