@@ -137,7 +137,9 @@ def dims(wildcards):
 
 
 def autoencoder_settings(wildcards):
-    return canonical(config["discovery"][wildcards.kind]["autoencoder"])
+    """The kind's autoencoder section and where it runs (GPU or CPU results differ in rounding)."""
+    shared = {k: config["discovery"][k] for k in ("device", "amp")}
+    return canonical({**config["discovery"][wildcards.kind]["autoencoder"], **shared})
 
 
 def autoencoder_input_size(wildcards):

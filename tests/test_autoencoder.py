@@ -218,3 +218,17 @@ def test_stale_checkpoint_is_replaced_when_asked(tmp_path, monkeypatch, caplog) 
     history = train_autoencoder(train, val, wider, tmp_path, restart_stale=True)
     assert len(history) == 1 and "starting afresh" in caplog.text
     assert load_autoencoder(tmp_path / "model.pt").settings.base_width == 2
+
+
+def test_the_device_setting_is_used_and_a_claimed_gpu_without_cuda_warns(tmp_path, monkeypatch, caplog) -> None:
+    train, val = shapes(6, 2, seed=5), shapes(2, 2, seed=6)
+    # The device comes from the settings (so the rules' GPU is used): asking for CUDA here fails at once.
+    with pytest.raises(ValueError, match="PyTorch sees no CUDA GPU"):
+        train_autoencoder(train, val, dataclasses.replace(TINY_2D, device="cuda"), tmp_path)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: a claimed GPU is usable")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # what claim_gpus sets for a job given one GPU
+    with caplog.at_level(logging.WARNING):
+        train_autoencoder(train, val, dataclasses.replace(TINY_2D, max_epochs=1), tmp_path)
+    assert "CLAIMED GPU 0, BUT PYTORCH SEES NO CUDA DEVICE" in caplog.text
+    assert load_autoencoder(tmp_path / "model.pt").settings.device == "auto"

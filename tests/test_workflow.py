@@ -242,6 +242,7 @@ def test_a_pretraining_job_with_two_gpus_trains_on_two_processes(workdir, tmp_pa
     snakemake(copy, *arguments, "--set-resources", "pretrain:gpu=2", env=env)
     log = (copy / "results/logs/pretrain/ct/models_genesis.log").read_text()
     assert "using GPU 0, 1" in log and "2 processes sharing batches" in log
+    assert "BUT PYTORCH SEES NO CUDA DEVICE" in log  # the devices are fake: said loudly, not hidden
     assert log.count(f"epoch {TINY['pretrain']['ct']['max_epochs']}/") == 1  # rank 0 alone logs
     assert "resuming" not in log and not (copy / target).with_name("checkpoint.pt").exists()
     history = pd.read_csv(copy / "results/ct/pretrain/models_genesis/history.csv")

@@ -25,12 +25,14 @@ from tqdm import tqdm  # noqa: E402
 
 from .artifacts import atomic_path  # noqa: E402
 from .training import (  # noqa: E402
+    amp_dtype,
     batches,
     end_epoch,
     finish_run,
     fresh_run_state,
     load_checkpoint,
     reproducible,
+    resolve_device,
     run_stamp,
 )
 
@@ -65,6 +67,8 @@ class AutoencoderSettings:
     min_improvement: float = 1e-4
     seed: int = 0
     num_threads: int = 0
+    device: str = "auto"  # "auto": the GPU when there is one (training.resolve_device)
+    amp: str | bool = "auto"  # mixed precision on a GPU (training.amp_dtype)
 
     def __post_init__(self) -> None:
         if self.dims not in (2, 3):
@@ -195,7 +199,6 @@ def train_autoencoder(
     settings: AutoencoderSettings,
     out_dir: Path | str,
     log: logging.Logger | None = None,
-    device: str | torch.device = "cpu",
     restart_stale: bool = False,
 ) -> pd.DataFrame:
     """Train on (N, [D,] H, W) images in [0, 1], resuming from out_dir/checkpoint.pt; return the epoch history.
@@ -206,7 +209,8 @@ def train_autoencoder(
     workflow rerun after a change) it is ignored and overwritten.
     """
     log = log or logging.getLogger(__name__)
-    out_dir, device = Path(out_dir), torch.device(device)
+    out_dir, device = Path(out_dir), resolve_device(settings.device)
+    amp = amp_dtype(settings.amp, device)
     train, val = _as_tensor(train_images, settings.dims), _as_tensor(val_images, settings.dims)
     if len(train) == 0:
         raise ValueError("no training images")
@@ -214,9 +218,18 @@ def train_autoencoder(
         log.warning("validation set is empty: the learning-rate schedule and early stopping follow the training loss")
     stamp = run_stamp(asdict(settings), _fingerprint(train_images, val_images), __name__)
 
-    with reproducible(settings.num_threads):
+    log.info(
+        "autoencoder: %d train / %d val images, device %s%s",
+        len(train),
+        len(val),
+        device,
+        f" ({amp} autocast)" if amp else "",
+    )
+    # On a GPU, speed wins over bitwise repeatability (cuDNN autotuning); on the CPU runs are exact.
+    with reproducible(settings.num_threads, deterministic=device.type == "cpu"):
         torch.manual_seed(settings.seed)
         model = Autoencoder(settings).to(device)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
@@ -234,6 +247,7 @@ def train_autoencoder(
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
             best_weights = saved["best_weights"]
             state = saved["state"]
             torch.set_rng_state(saved["torch_rng"])
@@ -254,11 +268,14 @@ def train_autoencoder(
             model.train()
             total = 0.0
             for batch in batches(len(train), settings.batch_size, torch.randperm(len(train), generator=shuffle)):
-                images = train[batch].to(device)
-                loss = F.mse_loss(model(images), images)
+                images = train[batch].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    reconstruction = model(images)
+                loss = F.mse_loss(reconstruction.float(), images)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 total += loss.item() * images.numel()
             train_loss = total / train.numel()
             val_loss = _mean_loss(model, val, settings.batch_size, device) if len(val) else float("nan")
@@ -287,6 +304,7 @@ def train_autoencoder(
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
                         "best_weights": best_weights,
                         "state": state,
                         "torch_rng": torch.get_rng_state(),
@@ -304,7 +322,8 @@ def train_autoencoder(
     log.info("best %s loss %.6f at epoch %d", monitored, state["best_loss"], state["best_epoch"])
     model.load_state_dict(best_weights)
     with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"settings": asdict(settings), "state_dict": model.state_dict(), "epoch": state["best_epoch"]}, tmp)
+        weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}  # loads anywhere
+        torch.save({"settings": asdict(settings), "state_dict": weights, "epoch": state["best_epoch"]}, tmp)
     history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
     with atomic_path(out_dir / "history.csv") as tmp:
         history.to_csv(tmp, index=False)

@@ -15,6 +15,7 @@ from .artifacts import atomic_path, read_tsv
 from .autoencoder import AutoencoderSettings, embed_images, latent_scatter, load_autoencoder, train_autoencoder
 from .preprocess_ct import load_thumbnails
 from .preprocess_cxr import PreprocessedCXR
+from .training import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ def embed(
 ) -> np.ndarray:
     """Latent vector of every usable image (all splits), stored with ids and splits, plus a PCA scatter plot."""
     model = load_autoencoder(model_path)
-    latents = embed_images(model, images, batch_size=model.settings.batch_size)
+    # The device setting the autoencoder was trained with (its job and this one both claim a GPU).
+    device = resolve_device(model.settings.device)
+    log.info("embedding on %s", device)
+    latents = embed_images(model.to(device), images, batch_size=model.settings.batch_size)
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("latents", data=latents)
         h5.create_dataset("ids", data=manifest.id.to_numpy(dtype=object), dtype=h5py.string_dtype())

@@ -44,6 +44,7 @@ from .methods import METHODS, Method  # noqa: E402
 from .networks import GenesisNet, NetworkSettings, save_pretrained  # noqa: E402
 from .provenance import file_digest  # noqa: E402
 from .training import (  # noqa: E402
+    amp_dtype,
     batches,
     end_epoch,
     finish_run,
@@ -234,15 +235,6 @@ class EpochBatches(Sampler):
         return [size for _, size in self._shares()]
 
 
-def _amp_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for full precision."""
-    if amp is False or (amp == "auto" and device.type != "cuda"):
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
 def _auto_workers(device: torch.device, num_threads: int) -> int:
     """DataLoader workers when not configured: none on the CPU, whose cores train the model; on a GPU the job's
     threads but one (at most 8)."""
@@ -298,7 +290,7 @@ class Pretrainer:
     ):
         self.settings, self.method, self.processes = settings, METHODS[settings.method], processes
         self.device = device or resolve_device(settings.device)
-        self.amp = _amp_dtype(settings.amp, self.device)
+        self.amp = amp_dtype(settings.amp, self.device)
         on_device = settings.augment == "device" or (settings.augment == "auto" and self.device.type == "cuda")
         transforms = TransformSettings.from_dict(settings.transforms)
         self.data = {

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 
 from .provenance import module_code_digest
+
+_log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -65,13 +68,36 @@ def end_epoch(state: dict, watched: float, min_improvement: float, patience: int
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """The requested device; "auto" takes the first GPU when there is one, else the CPU."""
+    """The requested device; "auto" takes the first GPU when there is one, else the CPU.
+
+    A job that claimed GPUs (CUDA_VISIBLE_DEVICES names some) but sees no CUDA device gets a loud warning: that is
+    a CPU build of torch or a driver too old for its CUDA, and the job would otherwise crawl on the CPU unnoticed."""
+    claimed = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if not torch.cuda.is_available() and claimed.strip() and name != "cpu":
+        _log.warning(
+            "THIS JOB CLAIMED GPU %s, BUT PYTORCH SEES NO CUDA DEVICE (torch %s, built for CUDA %s): it runs on the "
+            "CPU, far slower. Usual causes: a CPU build of torch, or an NVIDIA driver older than that CUDA version "
+            "(check nvidia-smi and python -c 'import torch; print(torch.cuda.is_available())').",
+            claimed,
+            torch.__version__,
+            torch.version.cuda,
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for, but PyTorch sees no CUDA GPU")
     return device
+
+
+def amp_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype (bfloat16, or float16 where a GPU lacks it) for amp = "auto" | True | False, or None for
+    float32; "auto" means mixed precision on a GPU only."""
+    if amp is False or (amp == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def run_stamp(settings: Mapping, data: str, trainer_module: str) -> dict:
