@@ -335,6 +335,15 @@ def test_real_data_folders_with_bad_files(tmp_path):
     images = pd.read_csv(tmp_path / "results/cxr/images.tsv", sep="\t", keep_default_na=False)
     assert images.status.tolist() == ["ok", "ok", "excluded"]
     assert not (tmp_path / "results/synthetic").exists(), "no synthetic data when real data is configured"
+    # Only one training scan survives: the default discovery.ct.k = 8 fails within seconds of the manifest, before
+    # the autoencoder trains, naming the key, the numbers and the fix.
+    result = snakemake(tmp_path, "--configfile", str(tmp_path / "c.yaml"), "--cores", "2", "discovery_3d", check=False)
+    assert result.returncode != 0
+    assert "discovery.ct.k = 8: self-discovery needs 8 usable train scans, only 1 are usable" in result.stderr
+    assert "discovery.ct.val_neighbours = 3" in result.stderr and "scans.tsv" in result.stderr
+    assert not (tmp_path / "results/logs/autoencoder").exists()
+    assert not (tmp_path / "results/ct/discovery/feasibility.json").exists()
+    assert not (tmp_path / "results/ct/discovery/autoencoder").exists()
     # Synthetic nodule cubes need the synthetic phantoms, which real CT replaces: asking for NCS says what to set.
     config["finetune"] = {"tasks": ["ncs"]}
     result = snakemake(
