@@ -201,6 +201,7 @@ def test_changing_the_class_count_reruns_only_plan_and_patches(workdir, tmp_path
     # Every 3D fine-tuning run from pretrained weights follows; scratch runs, task data and 2D do not.
     downstream = {"finetune": len(TASKS_3D) * len(FINETUNED) * RUNS, "tables": 1, "all": 1}
     assert planned == {
+        "feasibility": 1,  # re-checked; the autoencoder does not follow (its check input is ancient)
         "plan": 1,
         "patches": 1,
         "discovery_3d": 1,
