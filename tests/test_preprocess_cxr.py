@@ -110,3 +110,15 @@ def test_real_monochrome1_dicom_comes_out_with_dark_lungs(tmp_path):
     lungs = (image[rows, 26:45].mean() + image[rows, 83:102].mean()) / 2
     mediastinum = image[rows, 60:68].mean()
     assert lungs < mediastinum - 0.1
+
+
+def test_listed_names_may_hold_spaces(tmp_path):
+    make_cxr14(tmp_path, patients=4, test_patients=(1,))
+    write_png(tmp_path / "images" / "scan 01.png", np.full((64, 64), 90, np.uint8))
+    entries = pd.read_csv(tmp_path / "Data_Entry_2017.csv")
+    entries.loc[len(entries)] = ["scan 01.png", "No Finding", 0, 9, 40, "F", "PA", 64, 64, 0.143, 0.143, None]
+    entries.to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+    with open(tmp_path / "train_val_list.txt", "a") as handle:
+        handle.write("scan 01.png\n")
+    index = read_chestxray14_index(tmp_path).set_index("id")
+    assert index.loc["scan 01.png", "official"] == "train_val"

@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import chest_like, write_png, write_volume
 
-from semantic_genesis.readers import InputError, read_radiograph, read_volume, scan_id
+from semantic_genesis.readers import InputError, one_line, read_radiograph, read_volume, scan_id
 
 
 def test_reads_metaimage_volume(tmp_path):
@@ -125,3 +125,16 @@ def test_monochrome1_radiograph_has_dark_lungs(real_cr):
     left_lung = image[rows, int(0.65 * w) : int(0.8 * w)].mean()
     mediastinum = image[rows, int(0.47 * w) : int(0.53 * w)].mean()
     assert right_lung < mediastinum - 0.1 and left_lung < mediastinum - 0.1
+
+
+def test_a_reason_is_one_line_cut_at_a_word(tmp_path):
+    # ITK's messages span lines and name its source files; a manifest row must stay one row.
+    path = write_volume(tmp_path / "zero.mhd", chest_like((30, 32, 32)), spacing=(1.0, 1.0, 1.0))
+    path.write_text(path.read_text().replace("ElementSpacing = 1 1 1", "ElementSpacing = 0 0 0"))
+    with pytest.raises(InputError) as error:
+        read_volume(path)
+    problem = error.value.problem
+    assert "\n" not in problem and problem.startswith("SimpleITK cannot read it (Zero-valued spacing is not supported")
+    assert one_line("a  b\n c") == "a b c"
+    long = one_line("word " * 100, limit=42)
+    assert long == " ".join(["word"] * 8) + " …" and len(long) <= 42

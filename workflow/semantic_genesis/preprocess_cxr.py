@@ -85,7 +85,11 @@ def read_chestxray14_index(root: Path | str) -> pd.DataFrame:
     missing = {"Image Index", "Finding Labels", "Patient ID"} - set(entries.columns)
     if missing:
         raise ValueError(f"{root / 'Data_Entry_2017.csv'}: missing columns {sorted(missing)}")
-    lists = {name: set((root / f"{name}_list.txt").read_text().split()) for name in ("train_val", "test")}
+    # One name per line: a name may hold spaces.
+    lists = {
+        name: {line.strip() for line in (root / f"{name}_list.txt").read_text().splitlines() if line.strip()}
+        for name in ("train_val", "test")
+    }
     both = lists["train_val"] & lists["test"]
     if both:
         raise ValueError(

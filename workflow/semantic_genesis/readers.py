@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -33,9 +34,20 @@ class InputError(Exception):
     """A scan or image that cannot be used; the message names the file and the problem."""
 
     def __init__(self, path: Path | str, problem: str):
+        problem = one_line(problem)
         super().__init__(f"{path}: {problem}")
         self.path = str(path)
         self.problem = problem
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A message on one line (a manifest's reason column, a log line): whitespace runs collapsed, and a long text
+    shortened at a word boundary with an ellipsis."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit - 1)
+    return text[: cut if cut > 0 else limit - 2].rstrip(" ,;:") + " …"
 
 
 class NoUsableDataError(RuntimeError):
@@ -154,8 +166,12 @@ def _read(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        detail = next((ln.strip() for ln in str(error).splitlines() if "rror" in ln or "annot" in ln), str(error))
-        raise InputError(path, f"SimpleITK cannot read it ({detail.strip()[:200]})") from None
+        text = str(error)
+        if "ITK ERROR:" in text:  # what ITK says, without the source location and object address before it
+            detail = re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", text.split("ITK ERROR:", 1)[1])
+        else:
+            detail = next((ln for ln in text.splitlines() if "rror" in ln or "annot" in ln), text)
+        raise InputError(path, f"SimpleITK cannot read it ({one_line(detail, 200)})") from None
 
 
 def _check_finite(path: Path, array: np.ndarray) -> None:
