@@ -20,13 +20,14 @@ from semantic_genesis.readers import InputError, NoUsableDataError
 
 
 def make_cxr14(root, patients=10, per_patient=2, size=64, test_patients=(1, 2)):
-    """A ChestX-ray14-layout folder with gradient images whose mean encodes their row number."""
+    """A ChestX-ray14-layout folder with images whose value (+ 1 in their lower half) encodes their row number."""
     rows, train_val, test = [], [], []
     for p in range(1, patients + 1):
         for f in range(per_patient):
             name = f"{p:08d}_{f:03d}.png"
             value = (10 * len(rows)) % 250
-            write_png(root / "images" / name, np.full((size, size), value, np.uint8))
+            step = np.repeat((np.arange(size) >= size // 2)[:, None], size, axis=1)  # lower half one level up
+            write_png(root / "images" / name, (value + step).astype(np.uint8))
             rows.append(
                 [name, "No Finding" if p % 3 else "Nodule|Effusion", f, p, 40, "F", "PA", size, size, 0.143, 0.143, ""]
             )
@@ -67,7 +68,7 @@ def test_preprocess_stores_images_and_records_bad_ones(tmp_path):
             assert image.shape == (32, 32) and image.dtype == np.float32
             original = rows[[r[0] for r in rows].index(row.id)]
             value = (10 * [r[0] for r in rows].index(original[0])) % 250
-            np.testing.assert_allclose(image, value / 255.0, atol=1 / 255)
+            np.testing.assert_allclose(image, value / 255.0, atol=1.5 / 255)  # + the one-level step
     with h5py.File(tmp_path / "out.h5") as h5:
         assert h5["images"].chunks == (1, 32, 32) and h5["images"].dtype == np.uint8
 
@@ -114,7 +115,7 @@ def test_real_monochrome1_dicom_comes_out_with_dark_lungs(tmp_path):
 
 def test_listed_names_may_hold_spaces(tmp_path):
     make_cxr14(tmp_path, patients=4, test_patients=(1,))
-    write_png(tmp_path / "images" / "scan 01.png", np.full((64, 64), 90, np.uint8))
+    write_png(tmp_path / "images" / "scan 01.png", np.eye(64, dtype=np.uint8) * 90)
     entries = pd.read_csv(tmp_path / "Data_Entry_2017.csv")
     entries.loc[len(entries)] = ["scan 01.png", "No Finding", 0, 9, 40, "F", "PA", 64, 64, 0.143, 0.143, None]
     entries.to_csv(tmp_path / "Data_Entry_2017.csv", index=False)

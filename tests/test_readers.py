@@ -89,6 +89,16 @@ def test_png_radiograph_is_scaled_by_255(tmp_path):
     np.testing.assert_allclose(image, array / 255.0, atol=1e-7)
 
 
+def test_a_16_bit_png_reads_as_its_8_bit_copy(tmp_path):
+    # One intensity rule for every bit depth: by the depth the file declares, never stretched by its content.
+    array = np.clip(np.random.default_rng(0).normal(120, 40, (32, 32)), 0, 255).astype(np.uint8)
+    eight = read_radiograph(write_png(tmp_path / "8.png", array))
+    sixteen = read_radiograph(write_png(tmp_path / "16.png", array.astype(np.uint16) * 257))
+    np.testing.assert_allclose(sixteen, eight, atol=1e-7)
+    dim = read_radiograph(write_png(tmp_path / "dim.png", (array.astype(np.uint16) * 16)))  # a 12-bit range
+    np.testing.assert_allclose(dim, array.astype(np.uint16) * 16 / 65535, atol=1e-7)
+
+
 def test_rgba_png_keeps_luminance(tmp_path):
     grey = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))
     rgba = np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1)

@@ -295,7 +295,7 @@ def test_real_data_folders_with_bad_files(tmp_path):
     (ct / "subset0" / "trunc.raw").write_bytes(b"\0" * 64)
     write_volume(ct / "subset1" / "thin.nii.gz", chest_like((8, 48, 48)))
     cxr = tmp_path / "cxr"
-    write_png(cxr / "images" / "00000001_000.png", np.full((80, 80), 90, np.uint8))
+    write_png(cxr / "images" / "00000001_000.png", np.linspace(20, 200, 80 * 80).reshape(80, 80).astype(np.uint8))
     shutil.copy(DATA / "RG1_UNCR.dcm", cxr / "images" / "00000002_000.dcm")
     (cxr / "images" / "00000003_000.png").write_bytes(b"\x89PNG broken")
     rows = [f"0000000{i}_000.{'dcm' if i == 2 else 'png'},No Finding,0,{i},50,M,PA,80,80,0.2,0.2," for i in (1, 2, 3)]

@@ -205,8 +205,10 @@ def read_volume(path: Path | str) -> sitk.Image:
 def read_radiograph(path: Path | str) -> np.ndarray:
     """Read a 2D radiograph as float32 in [0, 1], displayed convention (air dark, bone bright).
 
-    8-bit images are divided by 255; deeper images (DICOM) are stretched between their 0.5th and 99.5th percentiles.
-    SimpleITK already inverts MONOCHROME1 DICOM, so no extra inversion is applied.
+    Unsigned integer images other than DICOM (PNG, as ChestX-ray14's) are divided by the largest value their bit depth
+    holds (255 for 8 bits, 65535 for 16), so one radiograph saved at either depth reads the same. DICOM, whose stored
+    range is often mostly unused, and signed or float images are stretched between their 0.5th and 99.5th
+    percentiles. SimpleITK already inverts MONOCHROME1 DICOM, so no extra inversion is applied.
     """
     path = Path(path)
     image = _read(path)
@@ -217,13 +219,16 @@ def read_radiograph(path: Path | str) -> np.ndarray:
             )
         image = image[:, :, 0]
     array = sitk.GetArrayFromImage(image)
-    eight_bit = array.dtype == np.uint8
+    dicom = image.HasMetaDataKey("0028|0100")  # Bits Allocated: only DICOM files carry it
+    full_scale = None if dicom or array.dtype.kind != "u" else float(np.iinfo(array.dtype).max)
     if array.ndim == 3:  # colour or grey+alpha PNGs exist in ChestX-ray14: keep luminance, drop alpha
         channels = array.shape[-1]
         array = array[..., 0] if channels <= 2 else array[..., :3] @ np.array([0.299, 0.587, 0.114])
     _check_finite(path, array)
-    if eight_bit:
-        return array.astype(np.float32) / 255.0
+    if array.max() == array.min():  # a uniform image is no radiograph, at any depth
+        raise InputError(path, f"has no contrast (every pixel is {array.flat[0]:g})")
+    if full_scale is not None:
+        return array.astype(np.float32) / full_scale
     array = array.astype(np.float32)
     lo, hi = np.percentile(array, [0.5, 99.5])
     if hi <= lo:
