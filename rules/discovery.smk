@@ -2,34 +2,9 @@
 # kNN class plan -> pseudo-labelled patches.
 
 
-rule feasibility:
-    input:
-        lambda wildcards: preprocessed(wildcards)["manifest"],
-    output:
-        "results/{kind}/discovery/feasibility.json",
-    params:
-        settings=discovery_settings,
-        pretrain_batch=lambda wildcards: config["pretrain"][wildcards.kind]["batch_size"],
-        code=code("feasibility"),
-    log:
-        f"{LOGS}/feasibility/{{kind}}.log",
-    benchmark:
-        f"{BENCHMARKS}/feasibility/{{kind}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        ENV
-    script:
-        "../workflow/scripts/feasibility.py"
-
-
 rule autoencoder:
     input:
         unpack(preprocessed),
-        # Checked before any training; ancient: a re-check after a discovery setting changed does not retrain it.
-        feasible=ancient(rules.feasibility.output[0]),
     output:
         model="results/{kind}/discovery/autoencoder/model.pt",
         history="results/{kind}/discovery/autoencoder/history.csv",
@@ -88,6 +63,7 @@ rule plan:
     input:
         latents=rules.embed.output.latents,
         h5=lambda wildcards: preprocessed(wildcards)["h5"],
+        manifest=lambda wildcards: preprocessed(wildcards)["manifest"],
     output:
         report("results/{kind}/discovery/classes.tsv", category="Self-discovery {kind}"),
     params:

@@ -1,12 +1,10 @@
 """Feasibility from the manifest: infeasible discovery and pretraining settings are named with key, numbers and fix."""
 
-import json
-
 import pandas as pd
 import pytest
 
 from semantic_genesis.artifacts import write_tsv
-from semantic_genesis.feasibility import InfeasibleError, check_discovery, check_manifest
+from semantic_genesis.feasibility import InfeasibleError, check_config, check_discovery
 from semantic_genesis.self_discovery import discovery_settings
 
 CT = {"classes": 2, "k": 3, "val_neighbours": 1, "crop_size": [32, 32, 16], "multi_resolution": True}
@@ -93,13 +91,13 @@ def test_radiographs_are_judged_by_their_stored_size(tmp_path):
         "margin_lo": [0.05, 0.05],
         "margin_hi": [0.05, 0.05],
     }
-    out = tmp_path / "feasibility.json"
-    numbers = check_manifest(manifest, "cxr", discovery_settings(cfg), 2, False, out)
-    assert json.loads(out.read_text()) == numbers and numbers["train_patches"] == 8
+
+    def config(**changes):
+        return {"discovery": {"cxr": {**cfg, **changes}}, "pretrain": {"cxr": {"batch_size": 2}}}
+
+    numbers = check_config(manifest, "cxr", config())
+    assert numbers["train_patches"] == 8 and numbers["fitting_the_crop"] == {"train": 5, "val": 2}
     with pytest.raises(InfeasibleError, match=f"(?s){manifest}.*discovery.cxr.k = 6.*only 5 are usable"):
-        check_manifest(manifest, "cxr", discovery_settings({**cfg, "k": 6}), 2, False, tmp_path / "no.json")
+        check_config(manifest, "cxr", config(k=6))
     with pytest.raises(InfeasibleError, match="(?s)only 0 of the 5 usable ones do.*raise preprocess.cxr.size"):
-        check_manifest(
-            manifest, "cxr", discovery_settings({**cfg, "crop_size": [96, 96]}), 2, False, tmp_path / "no.json"
-        )
-    assert not (tmp_path / "no.json").exists()
+        check_config(manifest, "cxr", config(crop_size=[96, 96]))

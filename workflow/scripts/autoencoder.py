@@ -4,11 +4,15 @@ from pathlib import Path
 
 from semantic_genesis.autoencoder import AutoencoderSettings
 from semantic_genesis.embedding import load_inputs, train
+from semantic_genesis.feasibility import check_config
 from semantic_genesis.gpus import claim_gpus
 from semantic_genesis.logs import rule_logging
 
 with rule_logging(snakemake.log[0]), claim_gpus(snakemake.resources.get("gpu", 0)):
-    dims = snakemake.params.dims
+    dims, kind = snakemake.params.dims, snakemake.wildcards.kind
+    # Before any training: can the discovery and pretraining settings work on this manifest? They do not change what
+    # the autoencoder computes, so they come from the config, not from params (changing them retrains nothing).
+    check_config(snakemake.input.manifest, kind, snakemake.config)
     manifest, images = load_inputs(dims, snakemake.input.manifest, list(snakemake.input.h5), snakemake.params.size)
     values = {**snakemake.params.settings, "dims": dims, "num_threads": snakemake.threads}
     train(manifest, images, AutoencoderSettings.from_dict(values), Path(snakemake.output.model).parent)

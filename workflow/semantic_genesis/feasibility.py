@@ -1,21 +1,23 @@
 """Whether the self-discovery and pretraining settings can work on the data at hand, judged from the manifest alone.
 
-Run as soon as a kind's manifest exists, before the autoencoder trains: an infeasible setting (more neighbours than
-usable scans, a crop larger than the scans, a batch larger than the patches) fails within seconds with every problem,
-its config key, the numbers and a fix, instead of after hours of training.
+Checked first thing in the jobs that follow a kind's manifest (the autoencoder, the class plan), before any
+training: an infeasible setting (more neighbours than usable scans, a crop larger than the scans, a batch larger than
+the patches) fails within seconds with every problem, its config key, the numbers and a fix, instead of after hours.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .artifacts import atomic_path, read_tsv
+from .artifacts import read_tsv
 from .discovery import DiscoverySettings
+from .self_discovery import discovery_settings
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +112,17 @@ def check_discovery(
     return numbers
 
 
-def check_manifest(
-    manifest_tsv: Path | str,
-    kind: str,
-    settings: DiscoverySettings,
-    pretrain_batch: int,
-    multi_resolution: bool,
-    out_json: Path | str,
-) -> dict:
-    """check_discovery on a manifest file; writes the numbers to out_json when feasible (nothing when not)."""
+def check_config(manifest_tsv: Path | str, kind: str, config: Mapping) -> dict:
+    """check_discovery of the workflow config's discovery.<kind> and pretrain.<kind> settings on a manifest file;
+    the error names the manifest. Logs the numbers and returns them."""
+    section = config["discovery"][kind]
+    settings = discovery_settings(section)
+    multi_resolution = bool(section.get("multi_resolution", False))
     try:
-        numbers = check_discovery(read_tsv(manifest_tsv), kind, settings, pretrain_batch, multi_resolution)
+        numbers = check_discovery(
+            read_tsv(manifest_tsv), kind, settings, config["pretrain"][kind]["batch_size"], multi_resolution
+        )
     except InfeasibleError as error:
         raise InfeasibleError(f"{manifest_tsv}: {error}") from None
-    log.info("feasible: %s", json.dumps(numbers))
-    with atomic_path(out_json) as tmp:
-        tmp.write_text(json.dumps(numbers, indent=2) + "\n")
+    log.info("settings feasible on %s: %s", manifest_tsv, json.dumps(numbers))
     return numbers
