@@ -1,5 +1,7 @@
 """3D preprocessing: window and scale, orientation, resampling, thumbnails, storage, manifests and bad scans."""
 
+import re
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -11,6 +13,7 @@ from semantic_genesis.preprocess_ct import (
     CTSettings,
     PreprocessedCT,
     gather_manifests,
+    implausible_chest_ct,
     load_thumbnails,
     preprocess_scan,
     preprocess_subset,
@@ -194,3 +197,30 @@ def test_load_thumbnails_keeps_manifest_order(tmp_path):
     assert thumbs.shape == (4, 8, 16, 16) and thumbs.dtype == np.float32
     with PreprocessedCT(out_h5) as store:
         np.testing.assert_array_equal(thumbs[3], store.thumbnail("good1"))
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("ushort", "above +1000 HU"),
+        ("air", "no soft tissue"),
+        ("uniform", "almost no air or lung (<= -700 HU): not a plausible chest CT"),
+    ],
+)
+def test_readable_but_implausible_volumes_are_excluded(tmp_path, case, reason):
+    hu = chest_like((40, 48, 48))
+    if case == "ushort":  # signed data under a header that says unsigned: air and padding wrap to about +64000
+        path = write_volume(tmp_path / "scan.mhd", hu)
+        path.write_text(path.read_text().replace("MET_SHORT", "MET_USHORT"))
+    else:
+        path = write_volume(tmp_path / "scan.nrrd", np.full_like(hu, -1000 if case == "air" else 40))
+    with pytest.raises(InputError, match=re.escape(reason)):
+        preprocess_scan(path, CTSettings(min_slices=10, thumbnail_size=(16, 16, 8)))
+    # Non-chest or unusual data can be let through.
+    preprocess_scan(path, CTSettings(min_slices=10, thumbnail_size=(16, 16, 8), check_plausible=False))
+
+
+def test_real_chest_ct_is_plausible(real_ct):
+    import SimpleITK as sitk
+
+    assert implausible_chest_ct(sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct)))) is None

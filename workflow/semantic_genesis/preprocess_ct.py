@@ -25,6 +25,9 @@ from .readers import InputError, NoUsableDataError, read_volume, scan_id
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["id", "subset", "split", "path", "status", "reason", "shape", "spacing"]
+# implausible_chest_ct: the most voxels above +1000 HU, and the fewest of air/lung and of soft tissue, in a chest CT.
+MAX_DENSE_FRACTION = 0.1
+MIN_TISSUE_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class CTSettings:
     thumbnail_size: tuple[int, int, int] = (64, 64, 32)
     chunk: tuple[int, int, int] = (64, 64, 32)
     compression: str = "none"
+    check_plausible: bool = True
 
     @classmethod
     def from_config(cls, cfg: dict) -> CTSettings:
@@ -51,6 +55,7 @@ class CTSettings:
             thumbnail_size=tuple(cfg["thumbnail_size"]),
             chunk=tuple(cfg["chunk"]),
             compression=cfg["compression"],
+            check_plausible=bool(cfg.get("check_plausible", True)),
         )
 
 
@@ -116,6 +121,31 @@ def thumbnail(hu: np.ndarray, window: tuple[int, int], size_xyz: tuple[int, int,
     return to_unit(pooled, window).astype(np.float16)
 
 
+def implausible_chest_ct(hu: np.ndarray) -> str | None:
+    """Why an array of Hounsfield units cannot be a chest CT, or None when it can.
+
+    A chest CT holds air or lung (at most -700 HU) and soft tissue (-200 to 200 HU), and only bone and metal above
+    +1000 HU, a few percent at most. A wrong pixel type in the header (MET_USHORT over signed data puts air at
+    +64536), data not in HU, an all-air or a uniform volume fail this. Judged on every second voxel per axis."""
+    sample = np.asarray(hu[::2, ::2, ::2])
+    air = float((sample <= -700).mean())
+    soft = float(((sample > -200) & (sample < 200)).mean())
+    dense = float((sample > 1000).mean())
+    if dense > MAX_DENSE_FRACTION:
+        return (
+            f"{100 * dense:.0f}% of voxels are above +1000 HU (bone and metal: a few % at most): not HU as a chest CT "
+            "has them; is the header's pixel type right (e.g. MET_USHORT over signed data)?"
+        )
+    missing = [
+        name
+        for name, share in (("air or lung (<= -700 HU)", air), ("soft tissue (-200..200 HU)", soft))
+        if share < MIN_TISSUE_FRACTION
+    ]
+    if missing:
+        return f"has almost no {' and no '.join(missing)}: not a plausible chest CT"
+    return None
+
+
 def preprocess_scan(path: Path | str, settings: CTSettings) -> ProcessedScan:
     """Read, reorient, optionally resample and window one scan; raise InputError if it is unusable."""
     image = reorient(read_volume(path), settings.orientation)
@@ -124,6 +154,8 @@ def preprocess_scan(path: Path | str, settings: CTSettings) -> ProcessedScan:
     slices = image.GetSize()[2]
     if slices < settings.min_slices:
         raise InputError(path, f"has {slices} slices, fewer than min_slices = {settings.min_slices}")
+    if settings.check_plausible and (problem := implausible_chest_ct(sitk.GetArrayViewFromImage(image))):
+        raise InputError(path, f"{problem} (preprocess.ct.check_plausible: false accepts it)")
     hu = window_hu(sitk.GetArrayViewFromImage(image), settings.hu_window)
     return ProcessedScan(
         hu=hu,
