@@ -10,6 +10,7 @@ from conftest import chest_like, write_volume
 from semantic_genesis.discovery import DiscoverySettings, plan_classes
 from semantic_genesis.patches import ct_scans, extract_patches, multi_resolution_regions, patch_montage, scan_shapes
 from semantic_genesis.preprocess_ct import CTSettings, PreprocessedCT, preprocess_subset
+from semantic_genesis.transforms import TransformSettings
 
 SETTINGS = DiscoverySettings(classes=4, k=5, val_neighbours=2, crop_size_xyz=(16, 16, 8), min_distance=3.0)
 
@@ -158,3 +159,23 @@ def test_preprocessed_ct_files(tmp_path):
     np.testing.assert_allclose(data["train/patches"][-1], expected, atol=5e-4)
     patch_montage(out, tmp_path / "montage.png")
     assert (tmp_path / "montage.png").exists()
+
+
+@pytest.mark.parametrize(
+    "name, rule",
+    [("results/ct/discovery/patches.h5", "patches"), ("results/ct/preprocessed/subset0.h5", "preprocess_ct")],
+)
+def test_a_truncated_h5_names_the_file_and_how_to_rebuild_it(tmp_path, name, rule):
+    from semantic_genesis.artifacts import DamagedFileError
+    from semantic_genesis.pretraining import PatchDataset
+
+    path = tmp_path / name
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("train/patches", data=np.zeros((64, 8, 16, 16), np.float16))
+    path.write_bytes(path.read_bytes()[:1500])  # cut short, as by a full disk
+    with pytest.raises(DamagedFileError, match=f"{path} cannot be read as HDF5.*--forcerun {rule}"):
+        if rule == "patches":
+            PatchDataset(path, "train", "models_genesis", TransformSettings(), seed=0, draw_only=False)
+        else:
+            PreprocessedCT(path)

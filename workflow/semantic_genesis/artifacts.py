@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import pandas as pd
 
 
@@ -40,3 +41,32 @@ def write_tsv(frame: pd.DataFrame, path: Path | str) -> None:
 def read_tsv(path: Path | str) -> pd.DataFrame:
     """Read a table written by write_tsv, keeping ids as strings."""
     return pd.read_csv(path, sep="\t", dtype={"id": str, "subset": str, "reason": str}, keep_default_na=False)
+
+
+# Which rule writes each HDF5 artifact, to say how to rebuild a damaged one.
+PRODUCERS = (
+    ("/preprocessed/", "preprocess_ct"),
+    ("images.h5", "preprocess_cxr"),
+    ("latents.h5", "embed"),
+    ("patches.h5", "patches"),
+    ("/tasks/", "task_data"),
+)
+
+
+class DamagedFileError(OSError):
+    """An HDF5 file that cannot be read (truncated by a full disk or a copy cut short); says how to rebuild it."""
+
+
+def read_h5(path: Path | str) -> h5py.File:
+    """Open an HDF5 file read-only; a truncated or damaged one raises DamagedFileError naming it and the fix."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        if not Path(path).exists():
+            raise
+        rule = next((rule for part, rule in PRODUCERS if part in Path(path).as_posix()), None)
+        how = f"snakemake --forcerun {rule} <your target>" if rule else "delete it and rerun the workflow"
+        raise DamagedFileError(
+            f"{path} cannot be read as HDF5 ({' '.join(str(error).split())}): it is truncated or damaged. Rebuild it "
+            f"with `{how}` (or delete it; the next run makes it again)"
+        ) from None

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .artifacts import atomic_path, read_tsv
+from .artifacts import atomic_path, read_h5, read_tsv
 from .autoencoder import AutoencoderSettings, embed_images, latent_scatter, load_autoencoder, train_autoencoder
 from .preprocess_ct import load_thumbnails
 from .preprocess_cxr import PreprocessedCXR
@@ -80,7 +80,7 @@ def embed(
 
 def read_latents(path: Path | str) -> tuple[np.ndarray, list[str], list[str]]:
     """Latents (N, C), ids and splits written by embed."""
-    with h5py.File(path, "r") as h5:
+    with read_h5(path) as h5:
         return h5["latents"][()], h5["ids"].asstr()[()].tolist(), h5["splits"].asstr()[()].tolist()
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from . import __version__  # noqa: E402
-from .artifacts import atomic_path  # noqa: E402
+from .artifacts import atomic_path, read_h5  # noqa: E402
 from .discovery import DiscoverySettings, as_zyx, fit_inside  # noqa: E402
 from .preprocess_ct import PreprocessedCT, box  # noqa: E402
 from .preprocess_cxr import PreprocessedCXR  # noqa: E402
@@ -168,7 +168,7 @@ def extract_patches(
 
 def patch_montage(h5_path: Path | str, out_png: Path | str, classes: int = 8, neighbours: int = 8) -> None:
     """One row per class, one column per neighbour (mid slice of each plain training crop), as in Figure 2."""
-    with h5py.File(h5_path, "r") as h5:
+    with read_h5(h5_path) as h5:
         group = h5["train"]
         labels = group["labels"][()]
         plain = group["meta/resolution"][()] == 0

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .artifacts import atomic_path, read_tsv, write_tsv
+from .artifacts import atomic_path, read_h5, read_tsv, write_tsv
 from .parallel import ordered_map
 from .readers import InputError, NoUsableDataError, read_volume, scan_id
 
@@ -292,7 +292,7 @@ class PreprocessedCT:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self._h5 = h5py.File(self.path, "r")
+        self._h5 = read_h5(self.path)
         self.settings = CTSettings(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(self._h5.attrs["settings"]).items()}
         )

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import __version__
-from .artifacts import atomic_path, write_tsv
+from .artifacts import atomic_path, read_h5, write_tsv
 from .parallel import ordered_map
 from .readers import InputError, NoUsableDataError, read_radiograph
 
@@ -180,7 +180,7 @@ class PreprocessedCXR:
     """Read access to images.h5; images come back as float32 in [0, 1]."""
 
     def __init__(self, path: Path | str):
-        self._h5 = h5py.File(path, "r")
+        self._h5 = read_h5(path)
         self.ids = [i.decode() if isinstance(i, bytes) else i for i in self._h5["ids"][()]]
 
     def __enter__(self) -> PreprocessedCXR:

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from .artifacts import atomic_path  # noqa: E402
+from .artifacts import atomic_path, read_h5  # noqa: E402
 from .distributed import SINGLE, Processes, all_sum, launch, process_group, share_weight, with_global_batchnorm  # noqa: E402
 from .logs import rule_logging  # noqa: E402
 from .methods import METHODS, Method  # noqa: E402
@@ -159,7 +159,7 @@ class PatchDataset(Dataset):
     ):
         self.path, self.split, self.policy, self.transforms = Path(path), split, policy, transforms
         self.seed, self.draw_only = seed, draw_only
-        with h5py.File(self.path, "r") as h5:
+        with read_h5(self.path) as h5:
             self.labels = h5[split]["labels"][()]
             self.shape = tuple(h5[split]["patches"].shape[1:])
         self._h5: h5py.File | None = None
@@ -175,7 +175,7 @@ class PatchDataset(Dataset):
     def _patches(self) -> h5py.Dataset:
         """The split's patch dataset through this process's own handle."""
         if self._h5 is None or self._pid != os.getpid():
-            self._h5, self._pid = h5py.File(self.path, "r"), os.getpid()
+            self._h5, self._pid = read_h5(self.path), os.getpid()
         return self._h5[self.split]["patches"]
 
     def __getitem__(self, key: tuple[int, int]) -> tuple:
@@ -664,7 +664,7 @@ def transform_gallery(
 
     3D patches show their mid axial slice."""
     settings = TransformSettings.from_dict(transforms)
-    with h5py.File(patches_h5, "r") as h5:
+    with read_h5(patches_h5) as h5:
         group = h5["val"] if len(h5["val/labels"]) else h5["train"]
         picks = np.linspace(0, len(group["labels"]) - 1, min(rows, len(group["labels"]))).round().astype(int)
         patches = [group["patches"][int(i)].astype(np.float32) for i in np.unique(picks)]

@@ -7,9 +7,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from .artifacts import read_h5
 from .discovery import DiscoverySettings, air_acceptor, plan_classes, read_plan, write_plan
 from .embedding import read_latents
 from .patches import ct_scans, cxr_scans, extract_patches, patch_montage, scan_shapes
@@ -65,7 +65,7 @@ def plan_cxr(latents_h5: Path | str, images_h5: Path | str, cfg: dict, out_tsv: 
     """The 2D class table. No air test: the paper has none for X-rays, and most of a film is above its threshold.
 
     Every stored radiograph has the same size, so the shapes need no image reads."""
-    with h5py.File(images_h5, "r") as h5:
+    with read_h5(images_h5) as h5:
         shape = h5["images"].shape[1:]
     _plan(latents_h5, cxr_scans(images_h5), lambda ids: dict.fromkeys(ids, shape), cfg, False, out_tsv)
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..artifacts import read_tsv
+from ..artifacts import read_h5, read_tsv
 from ..preprocess_ct import to_unit
 from ..readers import InputError, NoUsableDataError
 from .taskdata import SPLITS, TaskWriter
@@ -154,7 +154,7 @@ def prepare_ncc(
     excluded_ids = set(manifest.id[manifest.status != "ok"]) - set(usable.index)
     files: dict[str, Path] = {}
     for path in map(Path, ct_h5_files):
-        with h5py.File(path, "r") as h5:
+        with read_h5(path) as h5:
             files.update(dict.fromkeys(h5["scans"] if "scans" in h5 else [], path))
             stored = json.loads(h5.attrs.get("settings", "{}")).get("hu_window", settings.hu_window)
         if settings.hu_window[0] < stored[0] or settings.hu_window[1] > stored[1]:
@@ -182,7 +182,7 @@ def prepare_ncc(
     with TaskWriter(out_h5, "ncc", size_zyx, synthetic, info["source"], info["settings"]) as writer:
         groups = candidates.groupby("seriesuid", sort=False)
         for uid, group in tqdm(groups, total=groups.ngroups, desc="NCC cubes", unit="scan"):
-            with h5py.File(files[uid], "r") as h5:
+            with read_h5(files[uid]) as h5:
                 data = h5["scans"][uid]
                 attrs = data.attrs
                 centres = world_to_index(

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..artifacts import atomic_path
+from ..artifacts import atomic_path, read_h5
 
 SPLITS = ("train", "val", "test")
 KINDS = ("classification", "segmentation")
@@ -137,7 +137,7 @@ class TaskData:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.h5 = h5py.File(self.path, "r")
+        self.h5 = read_h5(self.path)
         self.task = str(self.h5.attrs["task"])
         self.spec = TASKS[self.task]
         self.synthetic = bool(self.h5.attrs["synthetic"])
