@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import read_tsv
-from .discovery import DiscoverySettings
+from .discovery import DiscoverySettings, start_range
 from .self_discovery import discovery_settings
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,11 @@ def usable_shapes(manifest: pd.DataFrame, dims: int) -> pd.DataFrame:
 
 def _starts(shape_zyx: np.ndarray, settings: DiscoverySettings) -> int:
     """How many crop starts the margins leave on a scan of this shape (the choices of one class coordinate)."""
-    lo_frac, hi_frac = (np.array(m) for m in settings.margins_zyx)
-    lo = np.ceil(lo_frac * shape_zyx).astype(int)
-    hi = np.floor(shape_zyx - hi_frac * shape_zyx).astype(int) - np.array(settings.crop_zyx)
-    return int(np.prod(np.maximum(hi - lo + 1, 0)))
+    try:
+        lo, hi = start_range(shape_zyx, settings)
+    except ValueError:  # no room at all inside the margins
+        return 0
+    return int(np.prod(hi - lo + 1))
 
 
 def check_discovery(
