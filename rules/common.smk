@@ -4,7 +4,7 @@ import glob
 from semantic_genesis.methods import METHODS
 from semantic_genesis.provenance import code_digest
 from semantic_genesis.tasks.taskdata import TASKS
-from semantic_genesis.readers import VOLUME_SUFFIXES
+from semantic_genesis.readers import VOLUME_SUFFIXES, data_files
 from semantic_genesis.synthetic import synthetic_ct_scans
 
 ENV = "../envs/semantic_genesis.yaml"
@@ -95,7 +95,9 @@ def ct_subset_inputs(wildcards):
         uids = [uid for subset, uid in SYNTHETIC_SCANS if subset == wildcards.subset]
         return {"scans": [f"{folder}/{u}.mhd" for u in uids], "data": [f"{folder}/{u}.raw" for u in uids]}
     scans = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(VOLUME_SUFFIXES))
-    data = sorted(glob.glob(os.path.join(folder, "*.raw")) + glob.glob(os.path.join(folder, "*.zraw")))
+    # Wherever a header points (another folder, a LIST of slices), its data files are inputs, so editing one reruns
+    # the subset; a missing one is not: preprocessing excludes that scan with the reason instead of failing the run.
+    data = sorted({str(f) for scan in scans for f in data_files(scan) if f.is_file()})
     return {"scans": scans, "data": data}
 
 

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from semantic_genesis.artifacts import write_tsv
-from semantic_genesis.feasibility import InfeasibleError, check_config, check_discovery
+from semantic_genesis.config import InfeasibleError
+from semantic_genesis.feasibility import check_config, check_discovery
 from semantic_genesis.self_discovery import discovery_settings
 
 CT = {"classes": 2, "k": 3, "val_neighbours": 1, "crop_size": [32, 32, 16], "multi_resolution": True}

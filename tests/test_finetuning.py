@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from semantic_genesis import finetuning
+from semantic_genesis.config import InfeasibleError
 from semantic_genesis.finetuning import FinetuneSettings, build_model, finetune, label_subset
 from semantic_genesis.networks import GenesisNet, NetworkSettings, load_pretrained, save_pretrained
 from semantic_genesis.tasks.taskdata import TASKS, TaskData, TaskWriter
@@ -287,3 +288,13 @@ def test_a_rerun_after_a_change_equals_a_fresh_run(tmp_path):
         )
     with h5py.File(tmp_path / "same" / "predictions.h5") as a, h5py.File(tmp_path / "fresh" / "predictions.h5") as b:
         assert np.array_equal(a["scores"][()], b["scores"][()])
+
+
+def test_a_batch_larger_than_the_labelled_training_samples_fails_before_training(tmp_path):
+    path = write_task(tmp_path / "ncc.h5", "ncc", sizes={"train": 16, "val": 4, "test": 4})
+    with pytest.raises(InfeasibleError) as info:
+        finetune(path, None, settings("ncc", batch_size=8, label_fraction=0.25, base_width=2), tmp_path / "out")
+    message = str(info.value)
+    assert "finetune.ncc.batch_size = 8 exceeds the 4 labelled training samples" in message
+    assert "finetune.label_fraction = 0.25 of 16" in message and "lower finetune.ncc.batch_size to 4" in message
+    assert not (tmp_path / "out").exists()

@@ -20,13 +20,13 @@ from semantic_genesis.readers import InputError, NoUsableDataError
 
 
 def make_cxr14(root, patients=10, per_patient=2, size=64, test_patients=(1, 2)):
-    """A ChestX-ray14-layout folder with images whose value (+ 1 in their lower half) encodes their row number."""
+    """A ChestX-ray14-layout folder with images whose value (+ 64 in their lower half) encodes their row number."""
     rows, train_val, test = [], [], []
     for p in range(1, patients + 1):
         for f in range(per_patient):
             name = f"{p:08d}_{f:03d}.png"
-            value = (10 * len(rows)) % 250
-            step = np.repeat((np.arange(size) >= size // 2)[:, None], size, axis=1)  # lower half one level up
+            value = (10 * len(rows)) % 190
+            step = 64 * np.repeat((np.arange(size) >= size // 2)[:, None], size, axis=1)  # contrast, as radiographs
             write_png(root / "images" / name, (value + step).astype(np.uint8))
             rows.append(
                 [name, "No Finding" if p % 3 else "Nodule|Effusion", f, p, 40, "F", "PA", size, size, 0.143, 0.143, ""]
@@ -67,8 +67,9 @@ def test_preprocess_stores_images_and_records_bad_ones(tmp_path):
             image = store.image(position)
             assert image.shape == (32, 32) and image.dtype == np.float32
             original = rows[[r[0] for r in rows].index(row.id)]
-            value = (10 * [r[0] for r in rows].index(original[0])) % 250
-            np.testing.assert_allclose(image, value / 255.0, atol=1.5 / 255)  # + the one-level step
+            value = (10 * [r[0] for r in rows].index(original[0])) % 190
+            np.testing.assert_allclose(image[:12], value / 255.0, atol=1 / 255)  # away from the step's ringing
+            np.testing.assert_allclose(image[20:], (value + 64) / 255.0, atol=1 / 255)
     with h5py.File(tmp_path / "out.h5") as h5:
         assert h5["images"].chunks == (1, 32, 32) and h5["images"].dtype == np.uint8
 
@@ -123,3 +124,42 @@ def test_listed_names_may_hold_spaces(tmp_path):
         handle.write("scan 01.png\n")
     index = read_chestxray14_index(tmp_path).set_index("id")
     assert index.loc["scan 01.png", "official"] == "train_val"
+
+
+def test_radiographs_using_a_sliver_of_their_bit_depth_are_excluded_with_the_numbers(tmp_path):
+    """12-bit data saved as 16-bit PNG reads nearly black by the declared-bits rule: it is named, not trained on."""
+    rows = make_cxr14(tmp_path / "cxr", patients=3, per_patient=1, test_patients=())
+    twelve_bit = np.clip(np.random.default_rng(0).normal(2000, 600, (64, 64)), 0, 4095).astype(np.uint16)
+    write_png(tmp_path / "cxr" / "images" / rows[0][0], twelve_bit)
+    write_png(tmp_path / "cxr" / "images" / rows[1][0], np.where(np.eye(64) > 0, 200, 0).astype(np.uint8))
+    manifest = preprocess_chestxray14(
+        tmp_path / "cxr", CXRSettings(size=16, val_fraction=0.0), tmp_path / "o.h5", tmp_path / "o.tsv"
+    )
+    assert manifest.status.tolist() == ["excluded", "excluded", "ok"]
+    assert "span only 4.6% of the range its bit depth declares" in manifest.reason[0]
+    assert "12-bit data in a 16-bit PNG" in manifest.reason[0] and "check_plausible: false" in manifest.reason[0]
+    assert "98% of its pixels are at the darkest or brightest value" in manifest.reason[1]
+    accepted = preprocess_chestxray14(
+        tmp_path / "cxr",
+        CXRSettings(size=16, val_fraction=0.0, check_plausible=False),
+        tmp_path / "a.h5",
+        tmp_path / "a.tsv",
+    )
+    assert accepted.status.tolist() == ["ok"] * 3
+    with PreprocessedCXR(tmp_path / "a.h5") as store:
+        assert store.image(0).max() < 4096 / 65535 + 1 / 255, "accepted as declared, not stretched"
+
+
+def test_the_real_radiograph_is_plausible(real_cr):
+    from semantic_genesis.preprocess_cxr import implausible_radiograph
+    from semantic_genesis.readers import read_radiograph
+
+    assert implausible_radiograph(read_radiograph(real_cr)) is None
+
+
+def test_an_empty_training_list_fails_in_preprocessing(tmp_path):
+    make_cxr14(tmp_path / "cxr", patients=3, per_patient=1, test_patients=(1,))
+    (tmp_path / "cxr" / "train_val_list.txt").write_text("")
+    with pytest.raises(NoUsableDataError, match=r"train_val_list\.txt: none of the 0 radiographs it lists is usable"):
+        preprocess_chestxray14(tmp_path / "cxr", CXRSettings(size=16), tmp_path / "o.h5", tmp_path / "o.tsv")
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "o.tsv").exists()

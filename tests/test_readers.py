@@ -1,11 +1,13 @@
 """Every kind of bad input becomes an InputError naming the file and the problem; good files read correctly."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import chest_like, write_png, write_volume
 
-from semantic_genesis.readers import InputError, one_line, read_radiograph, read_volume, scan_id
+from semantic_genesis.readers import InputError, data_files, one_line, read_radiograph, read_volume, scan_id
 
 
 def test_reads_metaimage_volume(tmp_path):
@@ -38,6 +40,44 @@ def test_missing_raw_is_named(tmp_path):
     (tmp_path / "a.raw").unlink()
     with pytest.raises(InputError, match=r"a\.mhd: its data file a\.raw is missing"):
         read_volume(path)
+
+
+def point_header(header: Path, data_file: str) -> Path:
+    """Rewrite an .mhd header's ElementDataFile line (a data file kept elsewhere, a LIST, a pattern)."""
+    lines = [line for line in header.read_text().splitlines() if not line.startswith("ElementDataFile")]
+    header.write_text("\n".join([*lines, f"ElementDataFile = {data_file}"]) + "\n")
+    return header
+
+
+def test_data_files_are_found_wherever_the_header_points(tmp_path):
+    array = chest_like()
+    write_volume(tmp_path / "raw" / "a.mhd", array)
+    header = point_header((tmp_path / "raw" / "a.mhd").rename(tmp_path / "a.mhd"), "raw/a.raw")
+    assert data_files(header) == [tmp_path / "raw" / "a.raw"]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_volume(header)), array)
+    assert data_files(write_volume(tmp_path / "b.mhd", array)) == [tmp_path / "b.raw"]
+    assert data_files(write_volume(tmp_path / "c.nrrd", array)) == []
+    assert data_files(point_header(tmp_path / "b.mhd", "LOCAL")) == []
+    assert data_files(point_header(tmp_path / "b.mhd", "slice%02d.raw 1 5 2")) == [
+        tmp_path / f"slice0{i}.raw" for i in (1, 3, 5)
+    ]
+    nhdr = tmp_path / "d.nhdr"
+    nhdr.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 48 48 40\nencoding: raw\ndata file: d.raw\n")
+    assert data_files(nhdr) == [tmp_path / "d.raw"]
+
+
+def test_a_list_of_slice_files_is_read_and_a_missing_slice_named(tmp_path):
+    array = chest_like((4, 48, 48))
+    for z in range(4):
+        write_volume(tmp_path / f"s{z}.mhd", array[z : z + 1])
+    header = write_volume(tmp_path / "v.mhd", array)
+    text = header.read_text().replace("ElementDataFile = v.raw", "ElementDataFile = LIST")
+    header.write_text(text + "".join(f"s{z}.raw\n" for z in range(4)))
+    assert data_files(header) == [tmp_path / f"s{z}.raw" for z in range(4)]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_volume(header)), array)
+    (tmp_path / "s2.raw").unlink()
+    with pytest.raises(InputError, match=r"v\.mhd: its data file s2\.raw is missing \(1 of the 4 it lists\)"):
+        read_volume(header)
 
 
 def test_missing_and_empty_and_garbage_files(tmp_path):
@@ -122,6 +162,12 @@ def test_flat_image_has_no_contrast(tmp_path):
     path = write_volume(tmp_path / "flat.nrrd", np.full((1, 32, 32), 700, np.uint16))
     with pytest.raises(InputError, match="no contrast"):
         read_radiograph(path)
+
+
+def test_dicom_is_scaled_by_its_bits_stored(real_cr):
+    # 15 bits stored in 16 allocated: the same rule as a PNG's depth, 2^15 - 1 is white, the content sets nothing.
+    raw = sitk.GetArrayFromImage(sitk.ReadImage(str(real_cr)))[0]
+    np.testing.assert_allclose(read_radiograph(real_cr), raw / 32767.0, atol=1e-7)
 
 
 def test_monochrome1_radiograph_has_dark_lungs(real_cr):

@@ -258,3 +258,15 @@ def test_pxs_splits_are_seeded_and_by_group():
         PXSSettings(val_fraction=0.5, test_fraction=0.5)
     assert PXSSettings.from_config({"size": 64, "val_fraction": 0.1, "test_fraction": 0.2, "seed": 4}).seed == 4
     assert DXCSettings.from_config({"size": 96}) == DXCSettings(96)
+
+
+def test_a_task_without_validation_samples_fails_in_its_preparation(siim, tmp_path):
+    """Fine-tuning picks its epoch on val: a task file with an empty split never reaches a fine-tuning job."""
+    from semantic_genesis.tasks.prepare import prepare_task
+
+    root, _ = siim
+    settings = {"size": 32, "val_fraction": 0.0, "test_fraction": 0.25, "seed": 0}
+    out = [tmp_path / "pxs.h5", tmp_path / "pxs.tsv", tmp_path / "pxs.png"]
+    with pytest.raises(NoUsableDataError, match=r"task pxs: no val samples in .*pxs\.h5 .*tasks\.pxs"):
+        prepare_task("pxs", {"root": root}, settings, True, *out)
+    assert not out[2].exists()

@@ -20,82 +20,8 @@ from semantic_genesis.preprocess_cxr import PreprocessedCXR
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
-TINY = {
-    "synthetic": {
-        "seed": 7,
-        "ct": {
-            "patients": 6,
-            "subsets": 4,
-            "matrix": 128,
-            "slice_mm": [5.0],
-            "thick_slice_fraction": 0.0,
-            "nodules": [1, 3],
-        },
-        "cxr": {"patients": 8, "follow_ups": [1, 2], "size": 64},
-    },
-    "preprocess": {
-        "ct": {
-            "splits": {"train": ["subset0", "subset1"], "val": ["subset2"], "test": ["subset3"]},
-            "min_slices": 40,
-            "thumbnail_size": [16, 16, 8],
-            "chunk": [32, 32, 16],
-        },
-        "cxr": {"size": 64},
-    },
-    "discovery": {
-        "ct": {
-            "autoencoder": {"base_width": 2, "levels": 3, "max_epochs": 2},
-            "classes": 2,
-            "k": 2,
-            "val_neighbours": 1,
-            "crop_size": [16, 16, 8],
-        },
-        "cxr": {
-            "input_size": 32,
-            "autoencoder": {"base_width": 2, "levels": 3, "max_epochs": 2},
-            "classes": 2,
-            "k": 3,
-            "val_neighbours": 1,
-            "crop_size": [32, 32],
-            "margin_lo": [0.05, 0.05],
-            "margin_hi": [0.05, 0.05],
-        },
-    },
-    "pretrain": {
-        "transforms": {"shuffle_windows": 200},
-        "ct": {"base_width": 2, "head_width": 8, "batch_size": 2, "max_epochs": 2},
-        "cxr": {"base_width": 2, "head_width": 8, "batch_size": 2, "max_epochs": 2},
-    },
-    "synthetic_tasks": {
-        "lits_volumes": 4,
-        "lits_matrix": 64,
-        "brats_subjects": 4,
-        "brats_shape": [64, 64, 32],
-        "siim_images": 8,
-        "siim_size": 64,
-    },
-    "tasks": {
-        "ncc": {"cube_size": [16, 16, 8]},
-        "ncs": {"cube_size": [16, 16, 8]},
-        "lcs": {
-            "splits": {"train": [0, 1], "val": [2, 2], "test": [3, 3]},
-            "volume_size": [32, 32, 16],
-            "cube_size": [16, 16, 8],
-        },
-        "bms": {"crop_size": [32, 32, 16], "cube_size": [16, 16, 8], "crops_per_subject": 2},
-        "dxc": {"size": 32},
-        "pxs": {"size": 32},
-    },
-    "finetune": {
-        "methods": ["scratch", "models_genesis", "semantic_genesis"],
-        "runs": 2,
-        **{
-            task: {"max_epochs": 2, "batch_size": 4, "head_width": 8}
-            for task in ("ncc", "ncs", "lcs", "bms", "dxc", "pxs")
-        },
-    },
-}
-TINY["synthetic"]["tasks"] = TINY.pop("synthetic_tasks")
+# The tiny synthetic configuration (also CI's and benchmarks/gpu_check.sh's).
+TINY = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
 TARGETS = ("preprocess_3d", "preprocess_2d", "discovery_3d", "discovery_2d", "pretrain_3d", "pretrain_2d", "all")
 TASKS_3D, TASKS_2D, RUNS = ("ncc", "ncs", "lcs", "bms"), ("dxc", "pxs"), 2
 FINETUNED = ("models_genesis", "semantic_genesis")  # pretraining methods the tiny config fine-tunes
@@ -293,6 +219,11 @@ def test_real_data_folders_with_bad_files(tmp_path):
     write_volume(ct / "subset0" / "trunc.mhd", chest_like((30, 48, 48)))
     (ct / "subset0" / "trunc.raw").write_bytes(b"\0" * 64)
     write_volume(ct / "subset1" / "thin.nii.gz", chest_like((8, 48, 48)))
+    # A header whose data lies in another folder: that file is an input of the subset's job.
+    write_volume(ct / "raw" / "apart.mhd", chest_like((30, 48, 48)))
+    header = (ct / "raw" / "apart.mhd").read_text().replace("= apart.raw", "= ../raw/apart.raw")
+    (ct / "subset1" / "apart.mhd").write_text(header)
+    (ct / "raw" / "apart.mhd").unlink()
     cxr = tmp_path / "cxr"
     write_png(cxr / "images" / "00000001_000.png", np.linspace(20, 200, 80 * 80).reshape(80, 80).astype(np.uint8))
     shutil.copy(DATA / "RG1_UNCR.dcm", cxr / "images" / "00000002_000.dcm")
@@ -327,7 +258,7 @@ def test_real_data_folders_with_bad_files(tmp_path):
     )
     assert "configured CT subset 'subset5' has no data" in result.stderr
     scans = pd.read_csv(tmp_path / "results/ct/scans.tsv", sep="\t", keep_default_na=False).set_index("id")
-    assert scans.status.to_dict() == {"CTChest4": "ok", "trunc": "excluded", "thin": "excluded"}
+    assert scans.status.to_dict() == {"CTChest4": "ok", "trunc": "excluded", "apart": "ok", "thin": "excluded"}
     assert scans.loc["CTChest4", "shape"] == "128x128x34"
     assert "truncated" in scans.loc["trunc", "reason"] and "8 slices" in scans.loc["thin", "reason"]
     log = (tmp_path / "results/logs/preprocess_ct/subset0.log").read_text()
@@ -335,6 +266,11 @@ def test_real_data_folders_with_bad_files(tmp_path):
     images = pd.read_csv(tmp_path / "results/cxr/images.tsv", sep="\t", keep_default_na=False)
     assert images.status.tolist() == ["ok", "ok", "excluded"]
     assert not (tmp_path / "results/synthetic").exists(), "no synthetic data when real data is configured"
+    raw = bytearray((ct / "raw" / "apart.raw").read_bytes())
+    raw[100] ^= 1  # the data file changes (one voxel by 1 HU), its header does not: that subset reruns
+    (ct / "raw" / "apart.raw").write_bytes(raw)
+    dry = snakemake(tmp_path, "preprocess_3d", "--configfile", str(tmp_path / "c.yaml"), "-n").stdout
+    assert planned_jobs(dry).get("preprocess_ct") == 1 and "subset=subset1" in dry
     # Only one training scan survives: the default discovery.ct.k = 8 fails within seconds of the manifest, before
     # the autoencoder trains, naming the key, the numbers and the fix.
     result = snakemake(tmp_path, "--configfile", str(tmp_path / "c.yaml"), "--cores", "2", "discovery_3d", check=False)

@@ -18,6 +18,10 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or inconsistent."""
 
 
+class InfeasibleError(ConfigError):
+    """The settings cannot work on this data; the message lists every problem with its key and a fix."""
+
+
 def _with_defaults(validator_class: type) -> type:
     """Extend a jsonschema validator so that it fills in `default` values while it validates."""
     validate_properties = validator_class.VALIDATORS["properties"]

@@ -16,14 +16,11 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import read_tsv
+from .config import InfeasibleError
 from .discovery import DiscoverySettings, start_range
 from .self_discovery import discovery_settings
 
 log = logging.getLogger(__name__)
-
-
-class InfeasibleError(ValueError):
-    """The settings cannot work on this data; the message lists every problem with its key and a fix."""
 
 
 def usable_shapes(manifest: pd.DataFrame, dims: int) -> pd.DataFrame:

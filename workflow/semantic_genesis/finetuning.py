@@ -36,6 +36,7 @@ from tqdm import tqdm  # noqa: E402
 
 from . import metrics  # noqa: E402
 from .artifacts import atomic_path  # noqa: E402
+from .config import InfeasibleError  # noqa: E402
 from .networks import ARCHITECTURE_FILE, build_unet, count_parameters, load_pretrained  # noqa: E402
 from .provenance import any_synthetic  # noqa: E402
 from .tasks.taskdata import TASKS, TaskData  # noqa: E402
@@ -437,6 +438,13 @@ def finetune(
         n_train, n_val, n_test = (len(run.splits[s]) for s in ("train", "val", "test"))
         if n_train == 0:
             raise ValueError(f"{task_h5} holds no training samples")
+        if n_train < settings.batch_size:
+            task = settings.task
+            raise InfeasibleError(
+                f"{task_h5}: finetune.{task}.batch_size = {settings.batch_size} exceeds the {n_train} labelled "
+                f"training samples (finetune.label_fraction = {settings.label_fraction:g} of {data.size('train')}); "
+                f"lower finetune.{task}.batch_size to {n_train} or less, or raise finetune.label_fraction"
+            )
         log.info(
             "%s / %s run %d (seed %d): %d of %d train (label fraction %g), %d val, %d test samples of %s, "
             "%s parameters, device %s",

@@ -46,11 +46,39 @@ class CXRSettings:
     size: int = 128
     val_fraction: float = 0.1
     seed: int = 0
+    check_plausible: bool = True
 
     @classmethod
     def from_config(cls, cfg: dict) -> CXRSettings:
         """Build from the `preprocess.cxr` config section."""
-        return cls(size=cfg["size"], val_fraction=cfg["val_fraction"], seed=cfg["split_seed"])
+        return cls(
+            size=cfg["size"],
+            val_fraction=cfg["val_fraction"],
+            seed=cfg["split_seed"],
+            check_plausible=bool(cfg.get("check_plausible", True)),
+        )
+
+
+# A radiograph read by its declared bits spans much of them: one whose 0.5th-99.5th percentiles lie within a tenth of
+# its range has fewer significant bits than its file declares (12-bit data in a 16-bit PNG reads nearly black).
+MIN_DYNAMIC_RANGE = 0.1
+# Black borders exist, but a radiograph mostly at its darkest or brightest value is saturated or mostly blank.
+MAX_CLIPPED_FRACTION = 0.5
+
+
+def implausible_radiograph(image: np.ndarray) -> str | None:
+    """Why a [0, 1] image (read by its declared bits) cannot be a radiograph as ChestX-ray14 has them, or None."""
+    lo, hi = (float(v) for v in np.percentile(image, [0.5, 99.5]))
+    if hi - lo < MIN_DYNAMIC_RANGE:
+        return (
+            f"its values span only {100 * (hi - lo):.1f}% of the range its bit depth declares (0.5th-99.5th "
+            f"percentile {lo:.4f}-{hi:.4f} of 1): fewer significant bits than the file declares (e.g. 12-bit data "
+            "in a 16-bit PNG)? Rewrite it at its true depth"
+        )
+    clipped = max(float((image <= 0.0).mean()), float((image >= 1.0).mean()))
+    if clipped > MAX_CLIPPED_FRACTION:
+        return f"{100 * clipped:.0f}% of its pixels are at the darkest or brightest value: saturated or mostly blank"
+    return None
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -64,16 +92,18 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.rint(image * 255.0).astype(np.uint8)
 
 
-def preprocess_radiograph(path: Path | str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def preprocess_radiograph(path: Path | str, settings: CXRSettings) -> tuple[np.ndarray, tuple[int, int]]:
     """One radiograph as uint8 (size x size) plus its original (width, height); raise InputError if unusable."""
     image = read_radiograph(path)
-    return to_uint8(resize(image, size)), (image.shape[1], image.shape[0])
+    if settings.check_plausible and (problem := implausible_radiograph(image)):
+        raise InputError(path, f"{problem} (preprocess.cxr.check_plausible: false accepts it)")
+    return to_uint8(resize(image, settings.size)), (image.shape[1], image.shape[0])
 
 
-def _process(path: str, size: int) -> tuple[np.ndarray | str, tuple[int, int]]:
+def _process(path: str, settings: CXRSettings) -> tuple[np.ndarray | str, tuple[int, int]]:
     """Worker: the stored image and original (width, height), or the reason the image is unusable."""
     try:
-        return preprocess_radiograph(path, size)
+        return preprocess_radiograph(path, settings)
     except InputError as error:
         return error.problem, (0, 0)
 
@@ -147,7 +177,7 @@ def preprocess_chestxray14(
             "images", shape=(len(todo), size, size), maxshape=(None, size, size), dtype=np.uint8, chunks=(1, size, size)
         )
         ids = []
-        work = partial(_process, size=size)
+        work = partial(_process, settings=settings)
         results = ordered_map(work, manifest.path[todo].tolist(), workers)
         for row, (result, (width, height)) in tqdm(
             zip(todo, results), total=len(todo), desc="preprocess CXR", unit="image"
@@ -163,6 +193,13 @@ def preprocess_chestxray14(
             ids.append(manifest.id[row])
         if not ids:
             raise NoUsableDataError(f"no usable radiograph remains out of {len(manifest)} under {root}")
+        listed = index.official == "train_val"
+        if not (manifest.status[listed] == "ok").any():
+            raise NoUsableDataError(
+                f"{Path(root) / 'train_val_list.txt'}: none of the {listed.sum()} radiographs it lists is usable "
+                "(see the reasons logged above): pretraining and DXC fine-tuning train on them; list the training "
+                "images there, one file name per line"
+            )
         images.resize(len(ids), axis=0)
         h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
     manifest = manifest[MANIFEST_COLUMNS]

@@ -73,17 +73,66 @@ def _metaimage_header(path: Path) -> dict[str, str]:
     return header
 
 
+def _metaimage_data_files(path: Path) -> list[Path]:
+    """The files an .mhd header's ElementDataFile names: one file, a LIST of the lines after it, or a printf
+    pattern with its first/last/step numbers; none for LOCAL (data inside the header)."""
+    lines = path.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines):
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "ElementDataFile":
+            value = value.strip()
+            if value == "LOCAL" or not value:
+                return []
+            if value.split()[0] == "LIST":
+                return [path.parent / name.strip() for name in lines[number + 1 :] if name.strip()]
+            if "%" in value:
+                pattern, *numbers = value.split()
+                try:
+                    first, last, step = ([int(n) for n in numbers] + [1])[:3]
+                    return [path.parent / (pattern % i) for i in range(first, last + 1, step)]
+                except (ValueError, TypeError):  # a malformed pattern: SimpleITK's read names the problem
+                    return []
+            return [path.parent / value]
+    return []
+
+
+def _nrrd_data_files(path: Path) -> list[Path]:
+    """The files a detached NRRD header (.nhdr) names in its data file field (one file or a LIST)."""
+    lines = path.read_bytes().split(b"\n\n", 1)[0].decode(errors="replace").splitlines()
+    for number, line in enumerate(lines):
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("data file", "datafile"):
+            value = value.strip()
+            if value.split()[0] == "LIST":
+                return [path.parent / name.strip() for name in lines[number + 1 :] if name.strip()]
+            return [path.parent / value.split()[0]] if "%" not in value else []
+    return []
+
+
+def data_files(path: Path | str) -> list[Path]:
+    """Files other than the header that a volume's data lives in (.mhd's .raw, wherever its header points, or a
+    .nhdr's data file), so that the workflow can declare them as inputs and rerun when one changes."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(".mhd"):
+        return _metaimage_data_files(path)
+    if name.endswith(".nhdr"):
+        return _nrrd_data_files(path)
+    return []
+
+
 def check_metaimage_data(path: Path) -> None:
     """Raise InputError if an .mhd header's raw data file is missing or shorter/longer than the header says."""
     header = _metaimage_header(path)
-    data_file = header.get("ElementDataFile", "")
-    if not data_file or data_file == "LOCAL" or data_file.startswith("LIST") or "%" in data_file:
+    files = _metaimage_data_files(path)
+    if missing := [f for f in files if not f.exists()]:
+        name = missing[0].name if missing[0].parent == path.parent else missing[0]
+        count = f" ({len(missing)} of the {len(files)} it lists)" if len(files) > 1 else ""
+        raise InputError(path, f"its data file {name} is missing{count}")
+    compressed = header.get("CompressedData", "False").lower() == "true"
+    if len(files) != 1 or compressed or header.get("HeaderSize", "0") != "0":
         return
-    raw = path.parent / data_file
-    if not raw.exists():
-        raise InputError(path, f"its data file {raw.name} is missing")
-    if header.get("CompressedData", "False").lower() == "true" or header.get("HeaderSize", "0") != "0":
-        return
+    raw = files[0]
     try:
         dims = [int(v) for v in header["DimSize"].split()]
         item = _MET_BYTES[header["ElementType"]] * int(header.get("ElementNumberOfChannels", "1"))
@@ -202,16 +251,25 @@ def read_volume(path: Path | str) -> sitk.Image:
     return image
 
 
+def _declared_bits(stored: str, dtype: np.dtype) -> int:
+    """Bits a file declares for its pixel values: DICOM's Bits Stored where given, else its pixel type's."""
+    bits = 8 * dtype.itemsize
+    return int(stored) if stored.isdigit() and 0 < int(stored) <= bits else bits
+
+
 def read_radiograph(path: Path | str) -> np.ndarray:
     """Read a 2D radiograph as float32 in [0, 1], displayed convention (air dark, bone bright).
 
-    Unsigned integer images other than DICOM (PNG, as ChestX-ray14's) are divided by the largest value their bit depth
-    holds (255 for 8 bits, 65535 for 16), so one radiograph saved at either depth reads the same. DICOM, whose stored
-    range is often mostly unused, and signed or float images are stretched between their 0.5th and 99.5th
-    percentiles. SimpleITK already inverts MONOCHROME1 DICOM, so no extra inversion is applied.
+    One rule for every bit depth, as ChestX-ray14's PNGs were made: an unsigned integer image is divided by the
+    largest value the bits its file declares can hold (255 for an 8-bit PNG, 65535 for 16; 2^BitsStored - 1 for
+    DICOM, e.g. 32767 for 15 bits stored), so one radiograph saved at any depth reads the same and its content never
+    sets its contrast. Signed or float images, which declare no such range, are stretched between their 0.5th and
+    99.5th percentiles. SimpleITK already inverts MONOCHROME1 DICOM, so no extra inversion is applied.
     """
     path = Path(path)
     image = _read(path)
+    # DICOM's Bits Stored, read before slicing drops the metadata
+    stored_bits = image.GetMetaData("0028|0101").strip() if image.HasMetaDataKey("0028|0101") else ""
     if image.GetDimension() == 3:
         if image.GetSize()[2] != 1:
             raise InputError(
@@ -219,16 +277,15 @@ def read_radiograph(path: Path | str) -> np.ndarray:
             )
         image = image[:, :, 0]
     array = sitk.GetArrayFromImage(image)
-    dicom = image.HasMetaDataKey("0028|0100")  # Bits Allocated: only DICOM files carry it
-    full_scale = None if dicom or array.dtype.kind != "u" else float(np.iinfo(array.dtype).max)
+    full_scale = None if array.dtype.kind != "u" else float(2 ** _declared_bits(stored_bits, array.dtype) - 1)
     if array.ndim == 3:  # colour or grey+alpha PNGs exist in ChestX-ray14: keep luminance, drop alpha
         channels = array.shape[-1]
         array = array[..., 0] if channels <= 2 else array[..., :3] @ np.array([0.299, 0.587, 0.114])
     _check_finite(path, array)
     if array.max() == array.min():  # a uniform image is no radiograph, at any depth
         raise InputError(path, f"has no contrast (every pixel is {array.flat[0]:g})")
-    if full_scale is not None:
-        return array.astype(np.float32) / full_scale
+    if full_scale is not None:  # a value above the declared bits (a malformed file) saturates
+        return np.clip(array.astype(np.float32) / full_scale, 0.0, 1.0)
     array = array.astype(np.float32)
     lo, hi = np.percentile(array, [0.5, 99.5])
     if hi <= lo:

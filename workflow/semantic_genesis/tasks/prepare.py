@@ -76,11 +76,12 @@ def prepare_task(
     with TaskData(out_h5) as data:
         sizes = {split: data.size(split) for split in ("train", "val", "test")}
     log.info("%s: %s samples per split%s", task, sizes, " (synthetic data)" if synthetic else "")
-    empty = [split for split in ("train", "test") if not sizes[split]]
+    empty = [split for split, size in sizes.items() if not size]
     if empty:
         # Snakemake removes a failed job's outputs, so no later stage sees this file.
         raise NoUsableDataError(
-            f"task {task}: no {' and no '.join(empty)} samples in {out_h5} (see {out_index}); fine-tuning needs both "
-            "(check the task's split settings and the data's split assignment)"
+            f"task {task}: no {' and no '.join(empty)} samples in {out_h5} (see {out_index}); fine-tuning trains on "
+            "train, picks its epoch on val and reports test, so each needs samples (check the task's split settings "
+            f"under tasks.{task} and the reasons in the index)"
         )
     task_montage(out_h5, out_montage)
