@@ -7,14 +7,15 @@ from pathlib import Path
 # Rules call the project's package from this checkout, whether or not it was pip-installed (conda users): the
 # Snakefile imports it through sys.path, and the rules' script processes inherit PYTHONPATH. (We set the variable,
 # we do not require it, so it is not an `envvars:` entry.)
-PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
+# current_basedir, not basedir: used as a `module` from another workflow, basedir is that workflow's folder.
+PACKAGE_DIR = str(Path(workflow.current_basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH")) if p))
 
 from semantic_genesis.config import validate_config
 
 
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+configfile: os.path.join(workflow.current_basedir, "config", "config.yaml")
 
 
 validate_config(config)

@@ -14,8 +14,8 @@ import tempfile
 
 import numpy as np
 
-from semantic_genesis.autoencoder import AutoencoderSettings, train_autoencoder
-from semantic_genesis.training import resolve_device
+from semantic_genesis.discovery.autoencoder import AutoencoderSettings, train_autoencoder
+from semantic_genesis.runtime.training import resolve_device
 
 
 def main() -> None:

@@ -21,9 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 from peak_memory import reset_peak, rss_bytes
 
-from semantic_genesis.discovery import DiscoverySettings, plan_classes, read_plan, write_plan
-from semantic_genesis.patches import ct_scans, extract_patches, scan_shapes
-from semantic_genesis.preprocess_ct import CTSettings, PreprocessedCT, preprocess_subset
+from semantic_genesis.discovery.inputs import ct_scans, scan_shapes
+from semantic_genesis.discovery.patches import extract_patches
+from semantic_genesis.discovery.plan import DiscoverySettings, plan_classes, read_plan, write_plan
+from semantic_genesis.preprocess.ct import CTSettings, PreprocessedCT, preprocess_subset
 
 SETTINGS = dict(crop_size_xyz=(64, 64, 32), margin_lo=(0.1, 0.1, 0.1), margin_hi=(0.1, 0.1, 0.1), seed=0)
 

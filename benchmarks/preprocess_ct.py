@@ -25,8 +25,8 @@ import SimpleITK as sitk
 import torch
 from peak_memory import reset_peak, rss_bytes
 
-from semantic_genesis.phantom import PhantomSettings, draw_patient, render_ct
-from semantic_genesis.preprocess_ct import CTSettings, preprocess_scan, preprocess_subset
+from semantic_genesis.preprocess.ct import CTSettings, preprocess_scan, preprocess_subset
+from semantic_genesis.synthetic.phantom import PhantomSettings, draw_patient, render_ct
 
 
 def make_scan(folder: Path, matrix: int) -> Path:

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from semantic_genesis.networks import GenesisNet, NetworkSettings
-from semantic_genesis.pretraining import EpochBatches, PatchDataset, collate
-from semantic_genesis.training import resolve_device
-from semantic_genesis.transforms import TransformSettings, apply_batch
+from semantic_genesis.networks.genesis import GenesisNet, NetworkSettings
+from semantic_genesis.pretrain.trainer import EpochBatches, PatchDataset, collate
+from semantic_genesis.pretrain.transforms import TransformSettings, apply_batch
+from semantic_genesis.runtime.training import resolve_device
 
 
 def model_rate(device: torch.device, width: int, shape: tuple[int, ...], batch: int, steps: int) -> float:

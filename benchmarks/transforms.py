@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from semantic_genesis import transforms as T
+from semantic_genesis.pretrain import transforms as T
 
 
 def rate(run: Callable[[int], object], samples: int) -> float:

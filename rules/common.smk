@@ -2,10 +2,10 @@
 import glob
 
 from semantic_genesis.methods import METHODS
-from semantic_genesis.provenance import code_digest
+from semantic_genesis.runtime.provenance import code_digest
 from semantic_genesis.tasks.taskdata import TASKS
-from semantic_genesis.readers import VOLUME_SUFFIXES, data_files
-from semantic_genesis.synthetic import synthetic_ct_scans
+from semantic_genesis.preprocess.readers import VOLUME_SUFFIXES, data_files
+from semantic_genesis.synthetic.chest import synthetic_ct_scans
 
 ENV = "../envs/semantic_genesis.yaml"
 LOGS = "results/logs"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import Interrupted, interrupt_after
 
-from semantic_genesis import autoencoder, training
-from semantic_genesis.autoencoder import (
+from semantic_genesis.discovery import autoencoder
+from semantic_genesis.discovery.autoencoder import (
     Autoencoder,
     AutoencoderSettings,
     embed_images,
@@ -20,6 +20,7 @@ from semantic_genesis.autoencoder import (
     load_autoencoder,
     train_autoencoder,
 )
+from semantic_genesis.runtime import training
 
 TINY_3D = AutoencoderSettings(dims=3, base_width=4, levels=3, batch_size=4, max_epochs=4, num_threads=2)
 TINY_2D = dataclasses.replace(TINY_3D, dims=2)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from semantic_genesis.discovery import (
+from semantic_genesis.discovery.plan import (
     DiscoverySettings,
     air_acceptor,
     air_score,

@@ -15,8 +15,14 @@ from test_pretraining import weights, write_patches
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from semantic_genesis.distributed import GlobalBatchNorm, Processes, process_group, share_weight, with_global_batchnorm
-from semantic_genesis.pretraining import EpochBatches, Pretrainer, collate, pretrain
+from semantic_genesis.pretrain.distributed import (
+    GlobalBatchNorm,
+    Processes,
+    process_group,
+    share_weight,
+    with_global_batchnorm,
+)
+from semantic_genesis.pretrain.trainer import EpochBatches, Pretrainer, collate, pretrain
 
 WORLD = 2
 BATCH = 5  # shared 2 + 3: uneven shares must weigh by their sizes

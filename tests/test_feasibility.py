@@ -3,10 +3,10 @@
 import pandas as pd
 import pytest
 
-from semantic_genesis.artifacts import write_tsv
 from semantic_genesis.config import InfeasibleError
-from semantic_genesis.feasibility import check_config, check_discovery
-from semantic_genesis.self_discovery import discovery_settings
+from semantic_genesis.discovery.feasibility import check_config, check_discovery
+from semantic_genesis.discovery.plan import discovery_settings
+from semantic_genesis.runtime.files import write_tsv
 
 CT = {"classes": 2, "k": 3, "val_neighbours": 1, "crop_size": [32, 32, 16], "multi_resolution": True}
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from semantic_genesis import finetuning
 from semantic_genesis.config import InfeasibleError
-from semantic_genesis.finetuning import FinetuneSettings, build_model, finetune, label_subset
-from semantic_genesis.networks import GenesisNet, NetworkSettings, load_pretrained, save_pretrained
+from semantic_genesis.finetune import trainer as finetuning
+from semantic_genesis.finetune.trainer import FinetuneSettings, build_model, finetune, label_subset
+from semantic_genesis.networks.genesis import GenesisNet, NetworkSettings, load_pretrained, save_pretrained
 from semantic_genesis.tasks.taskdata import TASKS, TaskData, TaskWriter
 
 SHAPE_3D, SHAPE_2D = (8, 16, 16), (32, 32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, jaccard_score, roc_auc_score
 
-from semantic_genesis.metrics import dice, iou, mean_auc, overlap_counts, per_case_iou, roc_auc
+from semantic_genesis.finetune.metrics import dice, iou, mean_auc, overlap_counts, per_case_iou, roc_auc
 
 
 @pytest.mark.parametrize("seed", range(5))

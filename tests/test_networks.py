@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semantic_genesis.networks import (
+from semantic_genesis.networks.genesis import (
     ClassificationHead,
     GenesisNet,
     NetworkSettings,
@@ -18,8 +18,8 @@ from semantic_genesis.networks import (
     load_pretrained,
     save_pretrained,
 )
-from semantic_genesis.unet2d import Decoder2D, ResNetEncoder2D, UNet2D
-from semantic_genesis.unet3d import Decoder3D, Encoder3D, UNet3D
+from semantic_genesis.networks.unet2d import Decoder2D, ResNetEncoder2D, UNet2D
+from semantic_genesis.networks.unet3d import Decoder3D, Encoder3D, UNet3D
 
 SIZE = {3: (16, 32, 32), 2: (64, 64)}
 WIDTH = {3: 4, 2: 4}

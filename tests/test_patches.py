@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from conftest import chest_like, write_volume
 
-from semantic_genesis.discovery import DiscoverySettings, plan_classes
-from semantic_genesis.patches import ct_scans, extract_patches, multi_resolution_regions, patch_montage, scan_shapes
-from semantic_genesis.preprocess_ct import CTSettings, PreprocessedCT, preprocess_subset
-from semantic_genesis.transforms import TransformSettings
+from semantic_genesis.discovery.inputs import ct_scans, scan_shapes
+from semantic_genesis.discovery.patches import extract_patches, multi_resolution_regions, patch_montage
+from semantic_genesis.discovery.plan import DiscoverySettings, plan_classes
+from semantic_genesis.preprocess.ct import CTSettings, PreprocessedCT, preprocess_subset
+from semantic_genesis.pretrain.transforms import TransformSettings
 
 SETTINGS = DiscoverySettings(classes=4, k=5, val_neighbours=2, crop_size_xyz=(16, 16, 8), min_distance=3.0)
 
@@ -166,8 +167,8 @@ def test_preprocessed_ct_files(tmp_path):
     [("results/ct/discovery/patches.h5", "patches"), ("results/ct/preprocessed/subset0.h5", "preprocess_ct")],
 )
 def test_a_truncated_h5_names_the_file_and_how_to_rebuild_it(tmp_path, name, rule):
-    from semantic_genesis.artifacts import DamagedFileError
-    from semantic_genesis.pretraining import PatchDataset
+    from semantic_genesis.pretrain.trainer import PatchDataset
+    from semantic_genesis.runtime.files import DamagedFileError
 
     path = tmp_path / name
     path.parent.mkdir(parents=True)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from semantic_genesis.phantom import LABELS, PhantomSettings, draw_patient, render_ct, render_radiograph
+from semantic_genesis.synthetic.phantom import LABELS, PhantomSettings, draw_patient, render_ct, render_radiograph
 
 SMALL = PhantomSettings(matrix=64, nodules=(2, 3), nodule_diameter_mm=(4.0, 20.0))
 LUNGS = [LABELS["lung_right"], LABELS["lung_left"]]

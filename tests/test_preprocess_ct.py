@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import chest_like, write_png, write_volume
 
-from semantic_genesis.preprocess_ct import (
+from semantic_genesis.preprocess.ct import (
     CTSettings,
     PreprocessedCT,
     gather_manifests,
@@ -20,7 +20,7 @@ from semantic_genesis.preprocess_ct import (
     thumbnail,
     to_unit,
 )
-from semantic_genesis.readers import InputError, NoUsableDataError
+from semantic_genesis.preprocess.readers import InputError, NoUsableDataError
 
 SMALL = CTSettings(min_slices=16, thumbnail_size=(16, 16, 8), chunk=(16, 16, 8), compression="lzf")
 

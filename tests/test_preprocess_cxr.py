@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import DATA, write_png
 
-from semantic_genesis.preprocess_cxr import (
+from semantic_genesis.preprocess.cxr import (
     CXR14_COLUMNS,
     CXRSettings,
     PreprocessedCXR,
@@ -16,7 +16,7 @@ from semantic_genesis.preprocess_cxr import (
     preprocess_chestxray14,
     read_chestxray14_index,
 )
-from semantic_genesis.readers import InputError, NoUsableDataError
+from semantic_genesis.preprocess.readers import InputError, NoUsableDataError
 
 
 def make_cxr14(root, patients=10, per_patient=2, size=64, test_patients=(1, 2)):
@@ -151,8 +151,8 @@ def test_radiographs_using_a_sliver_of_their_bit_depth_are_excluded_with_the_num
 
 
 def test_the_real_radiograph_is_plausible(real_cr):
-    from semantic_genesis.preprocess_cxr import implausible_radiograph
-    from semantic_genesis.readers import read_radiograph
+    from semantic_genesis.preprocess.cxr import implausible_radiograph
+    from semantic_genesis.preprocess.readers import read_radiograph
 
     assert implausible_radiograph(read_radiograph(real_cr)) is None
 

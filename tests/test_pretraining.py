@@ -9,11 +9,12 @@ import pytest
 import torch
 from conftest import Interrupted, interrupt_after
 
-from semantic_genesis import pretraining, training
 from semantic_genesis.methods import METHODS
-from semantic_genesis.networks import Encoder3D, load_pretrained
-from semantic_genesis.pretraining import PatchDataset, PretrainSettings, pretrain, transform_gallery
-from semantic_genesis.transforms import TransformSettings
+from semantic_genesis.networks.genesis import Encoder3D, load_pretrained
+from semantic_genesis.pretrain import trainer as pretraining
+from semantic_genesis.pretrain.trainer import PatchDataset, PretrainSettings, pretrain, transform_gallery
+from semantic_genesis.pretrain.transforms import TransformSettings
+from semantic_genesis.runtime import training
 
 SHAPE_3D = (8, 16, 16)
 FAST = dict(base_width=2, head_width=16, batch_size=4, lr=0.01, num_threads=1, workers=0, device="cpu")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from semantic_genesis import gpus
-from semantic_genesis.gpus import claim_gpus
+from semantic_genesis.runtime import gpus
+from semantic_genesis.runtime.gpus import claim_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 

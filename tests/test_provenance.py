@@ -6,7 +6,13 @@ import shutil
 import pytest
 from conftest import REPO
 
-from semantic_genesis.provenance import code_digest, data_record, file_digest, import_closure, module_code_digest
+from semantic_genesis.runtime.provenance import (
+    code_digest,
+    data_record,
+    file_digest,
+    import_closure,
+    module_code_digest,
+)
 
 PACKAGE_ROOT = REPO / "workflow"
 SCRIPTS = PACKAGE_ROOT / "scripts"
@@ -18,27 +24,27 @@ def closure_names(*entries):
 
 def test_closure_follows_indirect_imports_and_only_those():
     pretrain = closure_names(SCRIPTS / "pretrain.py")
-    # Hand-written lists had missed these: pretraining imports distributed and artifacts, the plan preprocess_ct.
+    # Hand-written lists had missed these: the trainer imports distributed and files, the plan preprocess.ct.
     assert {
-        "semantic_genesis/distributed.py",
-        "semantic_genesis/artifacts.py",
-        "semantic_genesis/unet3d.py",
+        "semantic_genesis/pretrain/distributed.py",
+        "semantic_genesis/runtime/files.py",
+        "semantic_genesis/networks/unet3d.py",
     } <= pretrain
-    assert "semantic_genesis/preprocess_ct.py" in closure_names(SCRIPTS / "plan.py")
+    assert "semantic_genesis/preprocess/ct.py" in closure_names(SCRIPTS / "plan.py")
     assert "scripts/pretrain.py" in pretrain and "semantic_genesis/__init__.py" in pretrain
     assert not pretrain & {
-        "semantic_genesis/phantom.py",
-        "semantic_genesis/tables.py",
-        "semantic_genesis/tasks/siim.py",
+        "semantic_genesis/synthetic/phantom.py",
+        "semantic_genesis/tables/build.py",
+        "semantic_genesis/tasks/pxs.py",
     }
 
 
 def test_relative_imports_of_a_subpackage_and_its_init_are_followed():
     names = closure_names("semantic_genesis.tasks.prepare")
-    # `from ..artifacts import ...` in tasks/prepare.py, `from .siim import ...`, and the package __init__ files.
+    # `from ..runtime.files import ...` in tasks/prepare.py, `from .pxs import ...`, and the package __init__ files.
     assert {
-        "semantic_genesis/artifacts.py",
-        "semantic_genesis/tasks/siim.py",
+        "semantic_genesis/runtime/files.py",
+        "semantic_genesis/tasks/pxs.py",
         "semantic_genesis/tasks/__init__.py",
     } <= names
     assert "semantic_genesis/__init__.py" in names
@@ -50,17 +56,17 @@ def test_digest_changes_with_an_indirect_import_and_not_with_an_unrelated_module
     script = copy / "scripts" / "pretrain.py"
     before = code_digest(copy, script)
     assert before == code_digest(PACKAGE_ROOT, SCRIPTS / "pretrain.py"), "the digest does not depend on the location"
-    with open(copy / "semantic_genesis" / "tasks" / "siim.py", "a") as handle:
+    with open(copy / "semantic_genesis" / "tasks" / "pxs.py", "a") as handle:
         handle.write("# unrelated edit\n")
     assert code_digest(copy, script) == before
-    with open(copy / "semantic_genesis" / "distributed.py", "a") as handle:
+    with open(copy / "semantic_genesis" / "pretrain" / "distributed.py", "a") as handle:
         handle.write("# edit of a module pretraining imports\n")
     assert code_digest(copy, script) != before
 
 
 def test_module_digest_is_the_installed_package_closure():
-    assert module_code_digest("semantic_genesis.pretraining") == code_digest(
-        PACKAGE_ROOT, "semantic_genesis.pretraining"
+    assert module_code_digest("semantic_genesis.pretrain.trainer") == code_digest(
+        PACKAGE_ROOT, "semantic_genesis.pretrain.trainer"
     )
     with pytest.raises(ValueError, match="not found"):
         module_code_digest("semantic_genesis.no_such_module")

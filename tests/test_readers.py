@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import chest_like, write_png, write_volume
 
-from semantic_genesis.readers import InputError, data_files, one_line, read_radiograph, read_volume, scan_id
+from semantic_genesis.preprocess.readers import InputError, data_files, one_line, read_radiograph, read_volume, scan_id
 
 
 def test_reads_metaimage_volume(tmp_path):

@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from semantic_genesis.montage import lung_centre
-from semantic_genesis.phantom import LABELS, PhantomSettings
-from semantic_genesis.preprocess_cxr import CXR14_COLUMNS, read_chestxray14_index
-from semantic_genesis.readers import read_radiograph, read_volume
-from semantic_genesis.synthetic import (
+from semantic_genesis.preprocess.cxr import CXR14_COLUMNS, read_chestxray14_index
+from semantic_genesis.preprocess.montage import lung_centre
+from semantic_genesis.preprocess.readers import read_radiograph, read_volume
+from semantic_genesis.synthetic.chest import (
     SyntheticCTSettings,
     SyntheticCXRSettings,
     synthetic_ct_scans,
@@ -19,6 +18,7 @@ from semantic_genesis.synthetic import (
     write_chestxray14,
     write_luna16,
 )
+from semantic_genesis.synthetic.phantom import LABELS, PhantomSettings
 
 PHANTOM = PhantomSettings(matrix=48, slice_mm=(5.0,), thick_slice_fraction=0.0, nodules=(1, 2))
 CT = SyntheticCTSettings(seed=3, patients=3, subsets=2, false_positives_per_scan=6, phantom=PHANTOM)

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from semantic_genesis.phantom import render_radiograph
-from semantic_genesis.preprocess_cxr import CXRSettings, preprocess_chestxray14
-from semantic_genesis.readers import NoUsableDataError
-from semantic_genesis.synthetic import SyntheticCXRSettings, write_chestxray14
+from semantic_genesis.preprocess.cxr import CXRSettings, preprocess_chestxray14
+from semantic_genesis.preprocess.readers import NoUsableDataError
+from semantic_genesis.synthetic.chest import SyntheticCXRSettings, write_chestxray14
+from semantic_genesis.synthetic.phantom import render_radiograph
 from semantic_genesis.tasks.dxc import DXCSettings, finding_matrix, prepare_dxc, resize_image
-from semantic_genesis.tasks.siim import (
+from semantic_genesis.tasks.pxs import (
     RLE_CSV,
     PXSSettings,
     assign_pxs_splits,

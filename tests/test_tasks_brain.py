@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from semantic_genesis.brain_phantom import (
+from semantic_genesis.preprocess.readers import NoUsableDataError
+from semantic_genesis.synthetic.brain_phantom import (
     BRAIN_TISSUES,
     TISSUES,
     BrainSettings,
@@ -18,8 +19,7 @@ from semantic_genesis.brain_phantom import (
     render_subject,
     render_tissues,
 )
-from semantic_genesis.readers import NoUsableDataError
-from semantic_genesis.tasks.brats import (
+from semantic_genesis.tasks.bms import (
     BMSSettings,
     prepare_bms,
     split_subjects,

@@ -6,11 +6,11 @@ import pytest
 import SimpleITK as sitk
 from conftest import chest_like, write_volume
 
-from semantic_genesis.phantom import PhantomSettings
-from semantic_genesis.preprocess_ct import CTSettings, gather_manifests, preprocess_subset
-from semantic_genesis.readers import InputError
-from semantic_genesis.synthetic import SyntheticCTSettings, write_luna16
-from semantic_genesis.tasks.lits import (
+from semantic_genesis.preprocess.ct import CTSettings, gather_manifests, preprocess_subset
+from semantic_genesis.preprocess.readers import InputError
+from semantic_genesis.synthetic.chest import SyntheticCTSettings, write_luna16
+from semantic_genesis.synthetic.phantom import PhantomSettings
+from semantic_genesis.tasks.lcs import (
     LCSSettings,
     prepare_lcs,
     proportional_splits,

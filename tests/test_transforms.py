@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import map_coordinates
 
-from semantic_genesis import transforms as T
+from semantic_genesis.pretrain import transforms as T
 
 SHAPES = [(16, 32, 32), (32, 32)]
 

@@ -14,9 +14,9 @@ import yaml
 from conftest import REPO
 
 from semantic_genesis.methods import METHODS
-from semantic_genesis.networks import load_pretrained
-from semantic_genesis.preprocess_ct import PreprocessedCT
-from semantic_genesis.preprocess_cxr import PreprocessedCXR
+from semantic_genesis.networks.genesis import load_pretrained
+from semantic_genesis.preprocess.ct import PreprocessedCT
+from semantic_genesis.preprocess.cxr import PreprocessedCXR
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
@@ -366,7 +366,7 @@ def test_report_gathers_every_stage(workdir):
 
 
 def test_every_artifact_records_its_data_sources(workdir):
-    from semantic_genesis.provenance import file_digest
+    from semantic_genesis.runtime.provenance import file_digest
 
     manifests = {"ct": workdir / "results/ct/scans.tsv", "cxr": workdir / "results/cxr/images.tsv"}
     for kind, manifest in manifests.items():
@@ -410,15 +410,17 @@ def test_editing_a_module_reruns_the_rules_that_import_it_and_only_those(workdir
 
     assert planned() == {}, "the copy's code is the same code"
     package = copy / "workflow" / "semantic_genesis"
-    # distributed.py is imported by pretraining.py, which the pretrain rule's script imports.
-    with open(package / "distributed.py", "a") as handle:
+    # pretrain/distributed.py is imported by pretrain/trainer.py, which the pretrain rule's script imports.
+    with open(package / "pretrain" / "distributed.py", "a") as handle:
         handle.write("# an edit\n")
     jobs = planned()
     assert jobs["pretrain"] == 2 * len(METHODS) and jobs["finetune"] == len(FINETUNED) * RUNS * 6
-    assert jobs["transform_gallery"] == 2  # its function lives in pretraining.py too
+    assert jobs["transform_gallery"] == 2  # its function lives in pretrain/trainer.py too
     assert not {"autoencoder", "embed", "plan", "patches", "preprocess_ct", "task_data"} & set(jobs)
-    (package / "distributed.py").write_text((REPO / "workflow/semantic_genesis/distributed.py").read_text())
-    with open(package / "tasks" / "siim.py", "a") as handle:
+    (package / "pretrain" / "distributed.py").write_text(
+        (REPO / "workflow/semantic_genesis/pretrain/distributed.py").read_text()
+    )
+    with open(package / "tasks" / "pxs.py", "a") as handle:
         handle.write("# an edit no pretraining job imports\n")
     jobs = planned()
     assert "pretrain" not in jobs and "autoencoder" not in jobs and jobs["task_data"] == 6

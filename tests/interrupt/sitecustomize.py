@@ -9,7 +9,7 @@ if _EPOCHS:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from interruption import stopping_end_epoch
 
-    import semantic_genesis.training as training
+    import semantic_genesis.runtime.training as training
 
-    # Patched before pretraining.py imports it by name, so the trainer gets the stopping version.
+    # Patched before pretrain/trainer.py imports it by name, so the trainer gets the stopping version.
     training.end_epoch = stopping_end_epoch(training.end_epoch, int(_EPOCHS))

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from semantic_genesis.autoencoder import AutoencoderSettings
-from semantic_genesis.embedding import load_inputs, train
-from semantic_genesis.feasibility import check_config
-from semantic_genesis.gpus import claim_gpus
-from semantic_genesis.logs import rule_logging
+from semantic_genesis.discovery.autoencoder import AutoencoderSettings, train
+from semantic_genesis.discovery.feasibility import check_config
+from semantic_genesis.discovery.inputs import load_inputs
+from semantic_genesis.runtime.gpus import claim_gpus
+from semantic_genesis.runtime.logs import rule_logging
 
 with rule_logging(snakemake.log[0]), claim_gpus(snakemake.resources.get("gpu", 0)):
     dims, kind = snakemake.params.dims, snakemake.wildcards.kind

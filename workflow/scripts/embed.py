@@ -1,8 +1,9 @@
 """Rules embed_ct/_cxr: one latent vector per usable scan or radiograph, and their PCA scatter plot."""
 
-from semantic_genesis.embedding import embed, load_inputs, phantom_colours
-from semantic_genesis.gpus import claim_gpus
-from semantic_genesis.logs import rule_logging
+from semantic_genesis.discovery.embed import embed, phantom_colours
+from semantic_genesis.discovery.inputs import load_inputs
+from semantic_genesis.runtime.gpus import claim_gpus
+from semantic_genesis.runtime.logs import rule_logging
 
 with rule_logging(snakemake.log[0]), claim_gpus(snakemake.resources.get("gpu", 0)):
     dims = snakemake.params.dims

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from semantic_genesis.finetuning import FinetuneSettings, finetune
-from semantic_genesis.gpus import claim_gpus
-from semantic_genesis.logs import rule_logging
-from semantic_genesis.provenance import data_record
+from semantic_genesis.finetune.trainer import FinetuneSettings, finetune
+from semantic_genesis.runtime.gpus import claim_gpus
+from semantic_genesis.runtime.logs import rule_logging
+from semantic_genesis.runtime.provenance import data_record
 
 with rule_logging(snakemake.log[0]), claim_gpus(snakemake.resources.get("gpu", 0)):
     settings = FinetuneSettings.from_dict({**snakemake.params.settings, "num_threads": snakemake.threads})

@@ -1,8 +1,8 @@
 """Rules plan_ct/_cxr: pseudo-classes from the latents (references, neighbours, coordinates)."""
 
-from semantic_genesis.feasibility import check_config
-from semantic_genesis.logs import rule_logging
-from semantic_genesis.self_discovery import plan
+from semantic_genesis.discovery.feasibility import check_config
+from semantic_genesis.discovery.plan import plan
+from semantic_genesis.runtime.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     p = snakemake.params

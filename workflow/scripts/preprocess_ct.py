@@ -1,7 +1,7 @@
 """Rule preprocess_ct: preprocess the scans of one subset into HDF5 plus a manifest."""
 
-from semantic_genesis.logs import rule_logging
-from semantic_genesis.preprocess_ct import CTSettings, preprocess_subset
+from semantic_genesis.preprocess.ct import CTSettings, preprocess_subset
+from semantic_genesis.runtime.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     preprocess_subset(

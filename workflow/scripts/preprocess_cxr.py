@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from semantic_genesis.logs import rule_logging
-from semantic_genesis.preprocess_cxr import CXRSettings, preprocess_chestxray14
+from semantic_genesis.preprocess.cxr import CXRSettings, preprocess_chestxray14
+from semantic_genesis.runtime.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     preprocess_chestxray14(

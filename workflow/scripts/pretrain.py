@@ -4,10 +4,10 @@ The rule's gpu resource picks the GPUs (several: one torchrun process each, Dist
 
 from pathlib import Path
 
-from semantic_genesis.gpus import claim_gpus
-from semantic_genesis.logs import rule_logging
-from semantic_genesis.pretraining import PretrainSettings, pretrain
-from semantic_genesis.provenance import data_record
+from semantic_genesis.pretrain.trainer import PretrainSettings, pretrain
+from semantic_genesis.runtime.gpus import claim_gpus
+from semantic_genesis.runtime.logs import rule_logging
+from semantic_genesis.runtime.provenance import data_record
 
 with rule_logging(snakemake.log[0]), claim_gpus(snakemake.resources.get("gpu", 0)) as gpus:
     # Worker count and threads choose hardware, not results, so they come from the config, not from params.

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from semantic_genesis.logs import rule_logging
-from semantic_genesis.synthetic import SyntheticCTSettings, write_luna16
+from semantic_genesis.runtime.logs import rule_logging
+from semantic_genesis.synthetic.chest import SyntheticCTSettings, write_luna16
 
 with rule_logging(snakemake.log[0]):
     settings = SyntheticCTSettings.from_config(snakemake.params.seed, snakemake.params.settings)

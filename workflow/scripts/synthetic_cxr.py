@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from semantic_genesis.logs import rule_logging
-from semantic_genesis.synthetic import SyntheticCTSettings, SyntheticCXRSettings, write_chestxray14
+from semantic_genesis.runtime.logs import rule_logging
+from semantic_genesis.synthetic.chest import SyntheticCTSettings, SyntheticCXRSettings, write_chestxray14
 
 with rule_logging(snakemake.log[0]):
     phantom = SyntheticCTSettings.from_config(snakemake.params.seed, snakemake.params.phantom).phantom

@@ -1,6 +1,6 @@
 """Rules synthetic_ncs and synthetic_task: a target task's synthetic data, written in the public format."""
 
-from semantic_genesis.logs import rule_logging
+from semantic_genesis.runtime.logs import rule_logging
 from semantic_genesis.tasks.prepare import write_synthetic
 
 with rule_logging(snakemake.log[0]):

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from semantic_genesis.logs import rule_logging
-from semantic_genesis.tables import write_results
+from semantic_genesis.runtime.logs import rule_logging
+from semantic_genesis.tables.build import write_results
 
 with rule_logging(snakemake.log[0]):
     curves = {Path(p).stem.removeprefix("curves_"): p for p in snakemake.output.curves}

@@ -1,7 +1,7 @@
 """Rule transform_gallery: validation patches next to each restoration transform, as in the paper's Figure 4."""
 
-from semantic_genesis.logs import rule_logging
-from semantic_genesis.pretraining import transform_gallery
+from semantic_genesis.pretrain.trainer import transform_gallery
+from semantic_genesis.runtime.logs import rule_logging
 
 with rule_logging(snakemake.log[0]):
     transform_gallery(

@@ -16,9 +16,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from ..artifacts import read_tsv
-from ..preprocess_cxr import PreprocessedCXR
-from ..readers import NoUsableDataError
+from ..preprocess.cxr import PreprocessedCXR
+from ..preprocess.readers import NoUsableDataError
+from ..runtime.files import read_tsv
 from .taskdata import CXR14_LABELS, SPLITS, TaskWriter
 
 log = logging.getLogger(__name__)

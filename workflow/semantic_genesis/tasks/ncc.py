@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..artifacts import read_h5, read_tsv
-from ..preprocess_ct import to_unit
-from ..readers import InputError, NoUsableDataError
+from ..preprocess.ct import to_unit
+from ..preprocess.readers import InputError, NoUsableDataError
+from ..runtime.files import read_h5, read_tsv
 from .taskdata import SPLITS, TaskWriter
 
 log = logging.getLogger(__name__)

@@ -30,10 +30,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..artifacts import atomic_path
-from ..phantom import LABELS
-from ..preprocess_ct import reorient, to_unit, window_hu
-from ..readers import InputError, NoUsableDataError, read_volume
+from ..preprocess.ct import reorient, to_unit, window_hu
+from ..preprocess.readers import InputError, NoUsableDataError, read_volume
+from ..runtime.files import atomic_path
+from ..synthetic.phantom import LABELS
 from .ncc import crop_padded, world_to_index
 from .taskdata import SPLITS, TaskWriter
 

@@ -6,15 +6,15 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..artifacts import write_tsv
-from ..brain_phantom import BrainSettings
-from ..readers import NoUsableDataError
-from .brats import BMSSettings, prepare_bms, write_synthetic_brats
+from ..preprocess.readers import NoUsableDataError
+from ..runtime.files import write_tsv
+from ..synthetic.brain_phantom import BrainSettings
+from .bms import BMSSettings, prepare_bms, write_synthetic_brats
 from .dxc import DXCSettings, prepare_dxc
-from .lits import LCSSettings, prepare_lcs, write_synthetic_lits
+from .lcs import LCSSettings, prepare_lcs, write_synthetic_lits
 from .ncc import NCCSettings, prepare_ncc
 from .ncs import NCSSettings, prepare_ncs, write_synthetic_ncs
-from .siim import PXSSettings, prepare_pxs, write_synthetic_siim
+from .pxs import PXSSettings, prepare_pxs, write_synthetic_siim
 from .taskdata import TaskData, task_montage
 
 log = logging.getLogger(__name__)

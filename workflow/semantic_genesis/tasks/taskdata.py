@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..artifacts import atomic_path, read_h5
+from ..runtime.files import atomic_path, read_h5
 
 SPLITS = ("train", "val", "test")
 KINDS = ("classification", "segmentation")

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import read_tsv
-from .config import InfeasibleError
-from .discovery import DiscoverySettings, start_range
-from .self_discovery import discovery_settings
+from ..config import InfeasibleError
+from ..runtime.files import read_tsv
+from .plan import DiscoverySettings, discovery_settings, start_range
 
 log = logging.getLogger(__name__)
 

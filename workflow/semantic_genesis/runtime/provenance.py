@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 PACKAGE = "semantic_genesis"
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the package (workflow/ in a checkout)
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the package (workflow/ in a checkout)
 
 
 def module_file(package_root: Path, module: str) -> Path | None:

@@ -22,9 +22,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..artifacts import atomic_path
-from ..brain_phantom import BrainSettings, draw_subject, render_subject
-from ..readers import InputError, NoUsableDataError, read_volume
+from ..preprocess.readers import InputError, NoUsableDataError, read_volume
+from ..runtime.files import atomic_path
+from ..synthetic.brain_phantom import BrainSettings, draw_subject, render_subject
 from .taskdata import TaskWriter
 
 log = logging.getLogger(__name__)

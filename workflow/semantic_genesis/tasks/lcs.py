@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..artifacts import atomic_path
-from ..parallel import ordered_map
-from ..phantom import LABELS, PhantomSettings, draw_patient, render_ct
-from ..preprocess_ct import reorient, to_unit, window_hu
-from ..readers import InputError, NoUsableDataError, read_volume
+from ..preprocess.ct import reorient, to_unit, window_hu
+from ..preprocess.readers import InputError, NoUsableDataError, read_volume
+from ..runtime.files import atomic_path
+from ..runtime.parallel import ordered_map
+from ..synthetic.phantom import LABELS, PhantomSettings, draw_patient, render_ct
 from .taskdata import SPLITS, TaskWriter
 
 log = logging.getLogger(__name__)

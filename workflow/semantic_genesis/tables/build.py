@@ -10,7 +10,8 @@ fraction in [0, 1]) and its `history.csv`. Output (all written atomically):
 - `plot_adding_semantics`, `plot_finetuning_curves`, `write_report_summary`.
 
 Every cell of ours is "mean ± std" over runs in percent; a missing run is "–", never a number. Published numbers
-(semantic_genesis.published) sit in their own "paper" column. When any run in a table is synthetic, the table says so.
+(semantic_genesis.tables.published) sit in their own "paper" column. When any run in a table is synthetic, the table
+says so.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from .artifacts import atomic_path  # noqa: E402
-from .provenance import any_synthetic  # noqa: E402
+from ..runtime.files import atomic_path  # noqa: E402
+from ..runtime.provenance import any_synthetic  # noqa: E402
+from ..tasks.taskdata import TASKS  # noqa: E402
 from .published import (  # noqa: E402
     PUBLISHED_ONLY_2D,
     PUBLISHED_ONLY_3D,
@@ -46,7 +48,6 @@ from .published import (  # noqa: E402
     method_label,
     published,
 )
-from .tasks.taskdata import TASKS  # noqa: E402
 
 log = logging.getLogger(__name__)
 REFERENCE = "semantic_genesis"
@@ -511,7 +512,7 @@ def render_latex(table: Table) -> str:
     if table.warning:
         caption += r" \textbf{" + latex_escape(table.warning) + "}"
     lines = [
-        f"% {table.name}: written by semantic_genesis.tables; needs \\usepackage{{booktabs}}",
+        f"% {table.name}: written by semantic_genesis.tables.build; needs \\usepackage{{booktabs}}",
         r"\begin{table}[htbp]",
         r"\centering",
         r"\caption{" + caption + "}",

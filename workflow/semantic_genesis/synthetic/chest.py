@@ -15,8 +15,9 @@ import SimpleITK as sitk
 from PIL import Image
 from tqdm import tqdm
 
-from .artifacts import atomic_path
-from .parallel import ordered_map
+from ..preprocess.cxr import CXR14_COLUMNS
+from ..runtime.files import atomic_path
+from ..runtime.parallel import ordered_map
 from .phantom import (
     LABELS,
     PatientParams,
@@ -26,7 +27,6 @@ from .phantom import (
     render_ct,
     render_radiograph,
 )
-from .preprocess_cxr import CXR14_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -34,15 +34,15 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from ..config import InfeasibleError  # noqa: E402
+from ..networks.genesis import ARCHITECTURE_FILE, build_unet, count_parameters, load_pretrained  # noqa: E402
+from ..networks.unet2d import ResNetEncoder2D  # noqa: E402
+from ..networks.unet3d import Encoder3D  # noqa: E402
+from ..runtime.files import atomic_path  # noqa: E402
+from ..runtime.provenance import any_synthetic  # noqa: E402
+from ..runtime.training import batches, end_epoch, fresh_run_state, reproducible, resolve_device  # noqa: E402
+from ..tasks.taskdata import TASKS, TaskData  # noqa: E402
 from . import metrics  # noqa: E402
-from .artifacts import atomic_path  # noqa: E402
-from .config import InfeasibleError  # noqa: E402
-from .networks import ARCHITECTURE_FILE, build_unet, count_parameters, load_pretrained  # noqa: E402
-from .provenance import any_synthetic  # noqa: E402
-from .tasks.taskdata import TASKS, TaskData  # noqa: E402
-from .training import batches, end_epoch, fresh_run_state, reproducible, resolve_device  # noqa: E402
-from .unet2d import ResNetEncoder2D  # noqa: E402
-from .unet3d import Encoder3D  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from sklearn.decomposition import PCA  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from .artifacts import atomic_path  # noqa: E402
-from .training import (  # noqa: E402
+from ..runtime.files import atomic_path  # noqa: E402
+from ..runtime.training import (  # noqa: E402
     amp_dtype,
     batches,
     end_epoch,
@@ -420,3 +420,15 @@ def latent_scatter(latents: np.ndarray, labels: Mapping[str, Sequence], out_png:
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def train(manifest: pd.DataFrame, images: np.ndarray, settings: AutoencoderSettings, out_dir: Path | str) -> None:
+    """Train on the train split, validate on the val split; resume an interrupted run, restart a stale one."""
+    split = manifest.split.to_numpy()
+    log.info(
+        "autoencoder on %d train / %d val images of shape %s",
+        (split == "train").sum(),
+        (split == "val").sum(),
+        images.shape[1:],
+    )
+    train_autoencoder(images[split == "train"], images[split == "val"], settings, out_dir, log=log, restart_stale=True)

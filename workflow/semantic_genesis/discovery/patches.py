@@ -6,10 +6,11 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import h5py
 import matplotlib
+
+from .inputs import Scan, ct_scans, cxr_scans
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -19,11 +20,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from . import __version__  # noqa: E402
-from .artifacts import atomic_path, read_h5  # noqa: E402
-from .discovery import DiscoverySettings, as_zyx, fit_inside  # noqa: E402
-from .preprocess_ct import PreprocessedCT, box  # noqa: E402
-from .preprocess_cxr import PreprocessedCXR  # noqa: E402
+from .. import __version__  # noqa: E402
+from ..preprocess.ct import box  # noqa: E402
+from ..runtime.files import atomic_path, read_h5  # noqa: E402
+from .plan import DiscoverySettings, as_zyx, discovery_settings, fit_inside, read_plan  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -37,33 +37,6 @@ LAYOUT = (
     "<split>/meta/<column>: scan id and where each patch was cut (start, in-plane size before resizing, "
     "resolution 0 = plain crop, scale = size_x / crop x)"
 )
-
-
-class Scan(Protocol):
-    """What extract_patches reads from a scan: its shape and numpy-style slices in [0, 1]."""
-
-    shape: tuple[int, ...]
-
-    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray: ...
-
-
-def ct_scans(h5_paths: Sequence[Path | str]) -> Callable[[str], Scan]:
-    """An `open_scan` over preprocess_ct's per-subset files: lazy [0, 1] views reading only the touched chunks."""
-    stores = [PreprocessedCT(p) for p in h5_paths]
-    where = {sid: store for store in stores for sid in store.ids}
-    return lambda sid: where[sid].view(sid)
-
-
-def cxr_scans(h5_path: Path | str) -> Callable[[str], Scan]:
-    """An `open_scan` over images.h5 of preprocess_cxr: one radiograph (H, W) in [0, 1] per call."""
-    reader = PreprocessedCXR(h5_path)
-    position = {sid: i for i, sid in enumerate(reader.ids)}
-    return lambda sid: reader.image(position[sid])
-
-
-def scan_shapes(open_scan: Callable[[str], Scan], ids: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """Array shape of every scan, for plan_classes (cheap for ct_scans' lazy views; reads each image for cxr_scans)."""
-    return {sid: tuple(open_scan(sid).shape) for sid in ids}
 
 
 def resize_in_plane(crop: np.ndarray, size_yx: tuple[int, int]) -> np.ndarray:
@@ -187,3 +160,19 @@ def patch_montage(h5_path: Path | str, out_png: Path | str, classes: int = 8, ne
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
+
+
+def _patches(plan_tsv: Path | str, open_scan: Callable, cfg: dict, out_h5: Path | str, out_png: Path | str) -> None:
+    """Cut the planned crops (one scan in memory at a time) into one HDF5 file, and draw the class montage."""
+    settings = discovery_settings(cfg)
+    plan = read_plan(plan_tsv)
+    extract_patches(
+        plan, open_scan, out_h5, settings, cfg["multi_resolution"], settings.seed, {"discovery": json.dumps(cfg)}
+    )
+    patch_montage(out_h5, out_png)
+
+
+def patches(dims: int, plan_tsv: Path | str, h5_files: list[str], cfg: dict, out_h5: Path | str, png: Path | str):
+    """The pseudo-labelled patches of one dimension."""
+    open_scan = ct_scans(h5_files) if dims == 3 else cxr_scans(h5_files[0])
+    _patches(plan_tsv, open_scan, cfg, out_h5, png)

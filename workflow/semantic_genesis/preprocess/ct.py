@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import __version__
-from .artifacts import atomic_path, read_h5, read_tsv, write_tsv
-from .parallel import ordered_map
+from .. import __version__
+from ..runtime.files import atomic_path, read_h5, read_tsv, write_tsv
+from ..runtime.parallel import ordered_map
 from .readers import InputError, NoUsableDataError, read_volume, scan_id
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
-from .artifacts import write_tsv
+from ..preprocess.ct import box
+from ..runtime.files import read_h5, write_tsv
+from .inputs import ct_scans, cxr_scans, read_latents, scan_shapes
 
 log = logging.getLogger(__name__)
 
@@ -289,3 +291,63 @@ def write_plan(plan: pd.DataFrame, path: Path | str) -> None:
 def read_plan(path: Path | str) -> pd.DataFrame:
     """Read a class table written by write_plan, keeping ids as strings."""
     return pd.read_csv(path, sep="\t", dtype={"reference": str, "neighbour": str, "split": str}, keep_default_na=False)
+
+
+def discovery_settings(cfg: dict) -> DiscoverySettings:
+    """DiscoverySettings from a `discovery.ct` or `discovery.cxr` section (crop_size there is crop_size_xyz here)."""
+    return DiscoverySettings.from_config({**cfg, "crop_size_xyz": cfg["crop_size"]})
+
+
+def _plan(
+    latents_h5: Path | str,
+    open_scan: Callable,
+    shapes: Callable[[list[str]], dict],
+    cfg: dict,
+    air_test: bool,
+    out_tsv: Path | str,
+) -> None:
+    """Pick references, neighbours and crop coordinates from the latents; write the class table.
+
+    `shapes(ids)` maps every id to its array shape."""
+    settings = discovery_settings(cfg)
+    latents, ids, splits = read_latents(latents_h5)
+
+    def accept_factory(sid: str) -> Callable:
+        if not air_test:
+            return lambda start: True
+        scan = open_scan(sid)
+        return air_acceptor(lambda start, size: scan[box(start, size)], settings)
+
+    rng = np.random.default_rng(settings.seed)
+    plan = plan_classes(latents, ids, splits, settings, rng, accept_factory, shapes(ids))
+    write_plan(plan, out_tsv)
+    log.info(
+        "%d classes from %d references: %d train and %d val rows",
+        plan["class"].nunique(),
+        plan.reference.nunique(),
+        (plan.split == "train").sum(),
+        (plan.split == "val").sum(),
+    )
+
+
+def plan_ct(latents_h5: Path | str, h5_files: list[str], cfg: dict, out_tsv: Path | str) -> None:
+    """The 3D class table; coordinates must pass the air test on the reference."""
+    open_scan = ct_scans(h5_files)
+    _plan(latents_h5, open_scan, lambda ids: scan_shapes(open_scan, ids), cfg, True, out_tsv)
+
+
+def plan_cxr(latents_h5: Path | str, images_h5: Path | str, cfg: dict, out_tsv: Path | str) -> None:
+    """The 2D class table. No air test: the paper has none for X-rays, and most of a film is above its threshold.
+
+    Every stored radiograph has the same size, so the shapes need no image reads."""
+    with read_h5(images_h5) as h5:
+        shape = h5["images"].shape[1:]
+    _plan(latents_h5, cxr_scans(images_h5), lambda ids: dict.fromkeys(ids, shape), cfg, False, out_tsv)
+
+
+def plan(dims: int, latents_h5: Path | str, h5_files: list[str], cfg: dict, out_tsv: Path | str) -> None:
+    """The class table of one dimension."""
+    if dims == 3:
+        plan_ct(latents_h5, h5_files, cfg, out_tsv)
+    else:
+        plan_cxr(latents_h5, h5_files[0], cfg, out_tsv)

@@ -8,7 +8,7 @@ epoch: its transforms are fixed, so early stopping watches a loss that changes o
 
 With processes > 1 (one per GPU) the run is data-parallel under torchrun: every global batch is shared out among the
 processes, a step equals the single-process step on that batch (distributed.py), and rank 0 alone writes.
-Each torchrun process runs `main` (through the module semantic_genesis.pretrain_process).
+Each torchrun process runs `main` (through the module semantic_genesis.pretrain.process).
 """
 
 from __future__ import annotations
@@ -37,13 +37,12 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from .artifacts import atomic_path, read_h5  # noqa: E402
-from .distributed import SINGLE, Processes, all_sum, launch, process_group, share_weight, with_global_batchnorm  # noqa: E402
-from .logs import rule_logging  # noqa: E402
-from .methods import METHODS, Method  # noqa: E402
-from .networks import GenesisNet, NetworkSettings, save_pretrained  # noqa: E402
-from .provenance import file_digest  # noqa: E402
-from .training import (  # noqa: E402
+from ..methods import METHODS, Method  # noqa: E402
+from ..networks.genesis import GenesisNet, NetworkSettings, save_pretrained  # noqa: E402
+from ..runtime.files import atomic_path, read_h5  # noqa: E402
+from ..runtime.logs import rule_logging  # noqa: E402
+from ..runtime.provenance import file_digest  # noqa: E402
+from ..runtime.training import (  # noqa: E402
     amp_dtype,
     batches,
     end_epoch,
@@ -54,6 +53,7 @@ from .training import (  # noqa: E402
     resolve_device,
     run_stamp,
 )
+from .distributed import SINGLE, Processes, all_sum, launch, process_group, share_weight, with_global_batchnorm  # noqa: E402
 from .transforms import TransformSettings, apply, apply_batch, draw, draw_step, sample_generator  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -447,7 +447,7 @@ def pretrain(
         arguments = ["--patches", str(patches_h5), "--out", str(out_dir), "--settings", json.dumps(asdict(settings))]
         arguments += ["--sources", json.dumps(list(sources))]
         arguments += ["--restart-stale"] * restart_stale + ["--log-file", str(log_path)] * (log_path is not None)
-        launch("semantic_genesis.pretrain_process", arguments, processes)
+        launch("semantic_genesis.pretrain.process", arguments, processes)
         return pd.read_csv(out_dir / "history.csv")
     device = resolve_device(settings.device)
     with process_group(device) as (ranks, device):

@@ -14,9 +14,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from . import __version__
-from .artifacts import atomic_path, read_h5, write_tsv
-from .parallel import ordered_map
+from .. import __version__
+from ..runtime.files import atomic_path, read_h5, write_tsv
+from ..runtime.parallel import ordered_map
 from .readers import InputError, NoUsableDataError, read_radiograph
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifacts import atomic_path
+from ..runtime.files import atomic_path
 from .unet2d import ResNetEncoder2D, UNet2D
 from .unet3d import Encoder3D, UNet3D, conv_bn_relu
 

@@ -22,12 +22,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..artifacts import atomic_path
-from ..parallel import ordered_map
-from ..phantom import PatientParams, PhantomSettings, draw_patient, radiograph_field_mm, render_radiograph
-from ..readers import InputError, NoUsableDataError, read_radiograph
+from ..preprocess.readers import InputError, NoUsableDataError, read_radiograph
+from ..runtime.files import atomic_path
+from ..runtime.parallel import ordered_map
+from ..synthetic.phantom import PatientParams, PhantomSettings, draw_patient, radiograph_field_mm, render_radiograph
 from .dxc import resize_image
-from .lits import resize_nearest
+from .lcs import resize_nearest
 from .taskdata import SPLITS, TaskWriter
 
 log = logging.getLogger(__name__)
