@@ -12,13 +12,20 @@ PACKAGE_DIR = str(Path(workflow.current_basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH")) if p))
 
+from snakemake.utils import min_version
+
 from semantic_genesis.config import validate_config
+
+min_version("9.0")
 
 
 configfile: os.path.join(workflow.current_basedir, "config", "config.yaml")
 
 
 validate_config(config)
+
+
+report: "report/workflow.rst"
 
 
 include: "rules/common.smk"

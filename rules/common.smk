@@ -193,9 +193,13 @@ TASK_DATA = {  # task: (root key, synthetic folder under results/synthetic, what
     "bms": ("brats_root", "brats", "[HL]GG", "{HGG,LGG}/<subject>/<subject>_flair.nii.gz and _seg.nii.gz"),
     "pxs": ("siim_root", "siim", "train-rle.csv", "train-rle.csv and **/<ImageId>.dcm (SIIM-ACR)"),
 }
-TASK_ROOTS = {task: config["data"][key] or f"results/synthetic/{folder}" for task, (key, folder, *_) in TASK_DATA.items()}
+TASK_ROOTS = {
+    task: config["data"][key] or f"results/synthetic/{folder}" for task, (key, folder, *_) in TASK_DATA.items()
+}
 # Synthetic task sets are generated only for tasks without a root (NCS cubes come from the synthetic CT phantoms).
-SYNTHETIC_TASK_SETS = [folder for task, (key, folder, *_) in TASK_DATA.items() if task != "ncs" and not config["data"][key]]
+SYNTHETIC_TASK_SETS = [
+    folder for task, (key, folder, *_) in TASK_DATA.items() if task != "ncs" and not config["data"][key]
+]
 SYNTHETIC_NCS = SYNTHETIC_CT and not config["data"]["ncs_root"]
 DATASETS = {
     "ct": "LUNA16",
@@ -246,7 +250,12 @@ def task_inputs(wildcards):
         candidates = [NCC_CANDIDATES]
         if not SYNTHETIC_CT:
             key = "ncc_candidates" if config["data"]["ncc_candidates"] else "ct_root"
-            user_files(key, candidates, "rule task_data (ncc)", "LUNA16 candidates_V2.csv with seriesuid, coordX, coordY, coordZ, class")
+            user_files(
+                key,
+                candidates,
+                "rule task_data (ncc)",
+                "LUNA16 candidates_V2.csv with seriesuid, coordX, coordY, coordZ, class",
+            )
         return {"candidates": candidates[0], "manifest": "results/ct/scans.tsv", "h5": ct_preprocessed_files()}
     if task == "dxc":
         entries = f"{CXR_ROOT}/Data_Entry_2017.csv"

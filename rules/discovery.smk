@@ -8,26 +8,32 @@ rule autoencoder:
     output:
         model="results/{kind}/discovery/autoencoder/model.pt",
         history="results/{kind}/discovery/autoencoder/history.csv",
-        loss=report("results/{kind}/discovery/autoencoder/loss.png", category="Self-discovery {kind}"),
-        reconstructions=report(
-            "results/{kind}/discovery/autoencoder/reconstructions.png", category="Self-discovery {kind}"
+        loss=report(
+            "results/{kind}/discovery/autoencoder/loss.png",
+            category="Self-discovery {kind}",
+            caption="../report/autoencoder_loss.rst",
         ),
-    params:
-        dims=dims,
-        size=autoencoder_input_size,
-        settings=autoencoder_settings,
-        code=code("autoencoder"),
+        reconstructions=report(
+            "results/{kind}/discovery/autoencoder/reconstructions.png",
+            category="Self-discovery {kind}",
+            caption="../report/autoencoder_reconstructions.rst",
+        ),
     log:
         f"{LOGS}/autoencoder/{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/autoencoder/{{kind}}.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=600,
-    conda:
-        ENV
+    params:
+        dims=dims,
+        size=autoencoder_input_size,
+        settings=autoencoder_settings,
+        code=code("autoencoder"),
     script:
         "../workflow/scripts/autoencoder.py"
 
@@ -39,22 +45,24 @@ rule embed:
         phantoms=phantom_table,
     output:
         latents="results/{kind}/discovery/latents.h5",
-        plot=report("results/{kind}/discovery/latents.png", category="Self-discovery {kind}"),
-    params:
-        dims=dims,
-        size=autoencoder_input_size,
-        code=code("embed"),
+        plot=report(
+            "results/{kind}/discovery/latents.png", category="Self-discovery {kind}", caption="../report/latents.rst"
+        ),
     log:
         f"{LOGS}/embed/{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/embed/{{kind}}.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        dims=dims,
+        size=autoencoder_input_size,
+        code=code("embed"),
     script:
         "../workflow/scripts/embed.py"
 
@@ -65,21 +73,23 @@ rule plan:
         h5=lambda wildcards: preprocessed(wildcards)["h5"],
         manifest=lambda wildcards: preprocessed(wildcards)["manifest"],
     output:
-        report("results/{kind}/discovery/classes.tsv", category="Self-discovery {kind}"),
-    params:
-        dims=dims,
-        settings=discovery_settings,
-        code=code("plan"),
+        report(
+            "results/{kind}/discovery/classes.tsv", category="Self-discovery {kind}", caption="../report/classes.rst"
+        ),
     log:
         f"{LOGS}/plan/{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/plan/{{kind}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        dims=dims,
+        settings=discovery_settings,
+        code=code("plan"),
     script:
         "../workflow/scripts/plan.py"
 
@@ -90,20 +100,22 @@ rule patches:
         h5=lambda wildcards: preprocessed(wildcards)["h5"],
     output:
         h5="results/{kind}/discovery/patches.h5",
-        montage=report("results/{kind}/discovery/patches.png", category="Self-discovery {kind}"),
-    params:
-        dims=dims,
-        settings=discovery_settings,
-        code=code("patches"),
+        montage=report(
+            "results/{kind}/discovery/patches.png", category="Self-discovery {kind}", caption="../report/patches.rst"
+        ),
     log:
         f"{LOGS}/patches/{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/patches/{{kind}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=240,
-    conda:
-        ENV
+    params:
+        dims=dims,
+        settings=discovery_settings,
+        code=code("patches"),
     script:
         "../workflow/scripts/patches.py"

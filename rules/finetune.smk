@@ -9,21 +9,21 @@ rule finetune:
         predictions="results/finetune/{task}/{method}/run{run}/predictions.h5",
         history="results/finetune/{task}/{method}/run{run}/history.csv",
         curves="results/finetune/{task}/{method}/run{run}/curves.png",
-    params:
-        settings=finetune_settings,
-        source=lambda wildcards: data_source(wildcards.task),
-        code=code("finetune"),
     log:
         f"{LOGS}/finetune/{{task}}/{{method}}/run{{run}}.log",
     benchmark:
         f"{BENCHMARKS}/finetune/{{task}}/{{method}}/run{{run}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         gpu=1,
         mem_mb=4000,
         runtime=720,
-    conda:
-        ENV
+    params:
+        settings=finetune_settings,
+        source=lambda wildcards: data_source(wildcards.task),
+        code=code("finetune"),
     script:
         "../workflow/scripts/finetune.py"
 
@@ -33,25 +33,36 @@ rule tables:
         metrics=finetune_files("metrics.json"),
         histories=finetune_files("history.csv"),
     output:
-        csv=[report(f"results/tables/{name}.csv", category="Results", subcategory="Tables") for name in TABLES],
+        csv=[
+            report(
+                f"results/tables/{name}.csv",
+                category="Results",
+                subcategory="Tables",
+                caption="../report/tables.rst",
+            )
+            for name in TABLES
+        ],
         text=[f"results/tables/{name}.{ext}" for name in TABLES for ext in ("md", "tex")],
         runs="results/tables/runs.csv",
         numbers="results/tables/summary.csv",
-        summary=report("results/tables/summary.md", category="Results"),
-        bars=report("results/tables/adding_semantics.png", category="Results"),
-        curves=[report(f"results/tables/curves_{task}.png", category="Results") for task in FINETUNE_TASKS],
-    params:
-        label_fraction=config["finetune"]["label_fraction"],
-        code=code("tables"),
+        summary=report("results/tables/summary.md", category="Results", caption="../report/summary.rst"),
+        bars=report("results/tables/adding_semantics.png", category="Results", caption="../report/adding_semantics.rst"),
+        curves=[
+            report(f"results/tables/curves_{task}.png", category="Results", caption="../report/finetune_curves.rst")
+            for task in FINETUNE_TASKS
+        ],
     log:
         f"{LOGS}/tables.log",
     benchmark:
         f"{BENCHMARKS}/tables.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        label_fraction=config["finetune"]["label_fraction"],
+        code=code("tables"),
     script:
         "../workflow/scripts/tables.py"

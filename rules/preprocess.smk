@@ -7,21 +7,21 @@ rule preprocess_ct:
     output:
         h5="results/ct/preprocessed/{subset}.h5",
         tsv="results/ct/preprocessed/{subset}.tsv",
+    log:
+        f"{LOGS}/preprocess_ct/{{subset}}.log",
+    benchmark:
+        f"{BENCHMARKS}/preprocess_ct/{{subset}}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         settings={k: v for k, v in config["preprocess"]["ct"].items() if k != "splits"},
         split=lambda wildcards: SPLIT_OF_SUBSET[wildcards.subset],
         strict=config["preprocess"]["strict"],
         code=code("preprocess_ct"),
-    log:
-        f"{LOGS}/preprocess_ct/{{subset}}.log",
-    benchmark:
-        f"{BENCHMARKS}/preprocess_ct/{{subset}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    conda:
-        ENV
     script:
         "../workflow/scripts/preprocess_ct.py"
 
@@ -29,20 +29,20 @@ rule preprocess_ct:
 rule ct_manifest:
     input:
         expand("results/ct/preprocessed/{subset}.tsv", subset=CT_SUBSETS),
-    params:
-        code=code("ct_manifest"),
     output:
         report("results/ct/scans.tsv", category="Data", caption="../report/scans.rst"),
     log:
         f"{LOGS}/ct_manifest.log",
     benchmark:
         f"{BENCHMARKS}/ct_manifest.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        ENV
+    params:
+        code=code("ct_manifest"),
     script:
         "../workflow/scripts/ct_manifest.py"
 
@@ -53,19 +53,19 @@ rule preprocess_cxr:
     output:
         h5="results/cxr/images.h5",
         tsv=report("results/cxr/images.tsv", category="Data", caption="../report/images.rst"),
-    params:
-        settings=config["preprocess"]["cxr"],
-        strict=config["preprocess"]["strict"],
-        code=code("preprocess_cxr"),
     log:
         f"{LOGS}/preprocess_cxr.log",
     benchmark:
         f"{BENCHMARKS}/preprocess_cxr.tsv"
+    conda:
+        ENV
     threads: 4
     resources:
         mem_mb=4000,
         runtime=240,
-    conda:
-        ENV
+    params:
+        settings=config["preprocess"]["cxr"],
+        strict=config["preprocess"]["strict"],
+        code=code("preprocess_cxr"),
     script:
         "../workflow/scripts/preprocess_cxr.py"

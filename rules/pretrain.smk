@@ -13,21 +13,25 @@ rule pretrain:
         architecture="results/{kind}/pretrain/{method}/architecture.json",
         history="results/{kind}/pretrain/{method}/history.csv",
         curves=report(
-            "results/{kind}/pretrain/{method}/curves.png", category="Pretraining {kind}", subcategory="{method}"
+            "results/{kind}/pretrain/{method}/curves.png",
+            category="Pretraining {kind}",
+            subcategory="{method}",
+            caption="../report/pretrain_curves.rst",
         ),
         examples=report(
-            "results/{kind}/pretrain/{method}/examples.png", category="Pretraining {kind}", subcategory="{method}"
+            "results/{kind}/pretrain/{method}/examples.png",
+            category="Pretraining {kind}",
+            subcategory="{method}",
+            caption="../report/pretrain_examples.rst",
         ),
-    params:
-        settings=pretrain_settings,
-        source=lambda wildcards: data_source(wildcards.kind),
-        code=code("pretrain"),
     log:
         f"{LOGS}/pretrain/{{kind}}/{{method}}.log",
     benchmark:
         f"{BENCHMARKS}/pretrain/{{kind}}/{{method}}.tsv"
     wildcard_constraints:
         method="|".join(METHODS),
+    conda:
+        ENV
     # Torch threads on the CPU; on a GPU, DataLoader workers (threads - 1); shared among the processes of a
     # multi-GPU run. Snakemake caps threads at --cores and gpu at the profile's limit (profiles/default: this
     # machine's GPUs; gpu 0 trains on the CPU).
@@ -37,8 +41,10 @@ rule pretrain:
         gpu=1,
         mem_mb=8000,
         runtime=1440,
-    conda:
-        ENV
+    params:
+        settings=pretrain_settings,
+        source=lambda wildcards: data_source(wildcards.kind),
+        code=code("pretrain"),
     script:
         "../workflow/scripts/pretrain.py"
 
@@ -47,20 +53,24 @@ rule transform_gallery:
     input:
         patches="results/{kind}/discovery/patches.h5",
     output:
-        report("results/{kind}/pretrain/transforms.png", category="Pretraining {kind}"),
-    params:
-        restoration_policy=config["pretrain"]["restoration_policy"],
-        transforms=canonical(config["pretrain"]["transforms"]),
-        code=code("transform_gallery"),
+        report(
+            "results/{kind}/pretrain/transforms.png",
+            category="Pretraining {kind}",
+            caption="../report/transforms.rst",
+        ),
     log:
         f"{LOGS}/transform_gallery/{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/transform_gallery/{{kind}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        restoration_policy=config["pretrain"]["restoration_policy"],
+        transforms=canonical(config["pretrain"]["transforms"]),
+        code=code("transform_gallery"),
     script:
         "../workflow/scripts/transform_gallery.py"

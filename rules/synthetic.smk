@@ -12,20 +12,20 @@ if SYNTHETIC_CT:
             annotations=f"{CT_ROOT}/annotations.csv",
             candidates=f"{CT_ROOT}/candidates_V2.csv",
             phantoms=f"{CT_ROOT}/phantoms.tsv",
-        params:
-            seed=config["synthetic"]["seed"],
-            settings=config["synthetic"]["ct"],
-            code=code("synthetic_ct"),
         log:
             f"{LOGS}/synthetic_ct.log",
         benchmark:
             f"{BENCHMARKS}/synthetic_ct.tsv"
+        conda:
+            ENV
         threads: 4
         resources:
             mem_mb=4000,
             runtime=60,
-        conda:
-            ENV
+        params:
+            seed=config["synthetic"]["seed"],
+            settings=config["synthetic"]["ct"],
+            code=code("synthetic_ct"),
         script:
             "../workflow/scripts/synthetic_ct.py"
 
@@ -35,19 +35,19 @@ if SYNTHETIC_CT:
             phantoms=rules.synthetic_ct.output.phantoms,
         output:
             report("results/synthetic/montage_ct.png", category="Data", caption="../report/montage_ct.rst"),
-        params:
-            patients=4,
-            code=code("montage_ct"),
         log:
             f"{LOGS}/montage_ct.log",
         benchmark:
             f"{BENCHMARKS}/montage_ct.tsv"
+        conda:
+            ENV
         threads: 1
         resources:
             mem_mb=2000,
             runtime=10,
-        conda:
-            ENV
+        params:
+            patients=4,
+            code=code("montage_ct"),
         script:
             "../workflow/scripts/montage_ct.py"
 
@@ -60,21 +60,21 @@ if SYNTHETIC_CXR:
             train_val=f"{CXR_ROOT}/train_val_list.txt",
             test=f"{CXR_ROOT}/test_list.txt",
             images=directory(f"{CXR_ROOT}/images"),
+        log:
+            f"{LOGS}/synthetic_cxr.log",
+        benchmark:
+            f"{BENCHMARKS}/synthetic_cxr.tsv"
+        conda:
+            ENV
+        threads: 4
+        resources:
+            mem_mb=2000,
+            runtime=60,
         params:
             seed=config["synthetic"]["seed"],
             settings=config["synthetic"]["cxr"],
             phantom=config["synthetic"]["ct"],
             code=code("synthetic_cxr"),
-        log:
-            f"{LOGS}/synthetic_cxr.log",
-        benchmark:
-            f"{BENCHMARKS}/synthetic_cxr.tsv"
-        threads: 4
-        resources:
-            mem_mb=2000,
-            runtime=60,
-        conda:
-            ENV
         script:
             "../workflow/scripts/synthetic_cxr.py"
 
@@ -83,18 +83,18 @@ if SYNTHETIC_CXR:
             unpack(cxr_inputs),
         output:
             report("results/synthetic/montage_cxr.png", category="Data", caption="../report/montage_cxr.rst"),
-        params:
-            images=12,
-            code=code("montage_cxr"),
         log:
             f"{LOGS}/montage_cxr.log",
         benchmark:
             f"{BENCHMARKS}/montage_cxr.tsv"
+        conda:
+            ENV
         threads: 1
         resources:
             mem_mb=1000,
             runtime=10,
-        conda:
-            ENV
+        params:
+            images=12,
+            code=code("montage_cxr"),
         script:
             "../workflow/scripts/montage_cxr.py"

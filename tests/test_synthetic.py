@@ -8,7 +8,6 @@ import pytest
 import SimpleITK as sitk
 
 from semantic_genesis.preprocess.cxr import CXR14_COLUMNS, read_chestxray14_index
-from semantic_genesis.preprocess.montage import lung_centre
 from semantic_genesis.preprocess.readers import read_radiograph, read_volume
 from semantic_genesis.synthetic.chest import (
     SyntheticCTSettings,
@@ -18,6 +17,7 @@ from semantic_genesis.synthetic.chest import (
     write_chestxray14,
     write_luna16,
 )
+from semantic_genesis.synthetic.montage import lung_centre
 from semantic_genesis.synthetic.phantom import LABELS, PhantomSettings
 
 PHANTOM = PhantomSettings(matrix=48, slice_mm=(5.0,), thick_slice_fraction=0.0, nodules=(1, 2))

@@ -203,6 +203,24 @@ def test_lint_is_clean():
     result = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Lints for" not in result.stdout + result.stderr
+    snakefmt = [sys.executable, "-m", "snakefmt", "--check", "-l", "120", "Snakefile", "rules"]
+    result = subprocess.run(snakefmt, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, f"snakefmt would reformat (run make lint):\n{result.stderr}"
+
+
+def test_the_workflow_runs_as_a_module_from_another_folder(tmp_path):
+    """The README's module snippet, as written, in a folder of its own: only the changed keys in its config."""
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("**As a module of your own workflow**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "Snakefile").write_text(snippet.replace("/path/to/semantic-genesis", str(REPO)))
+    (tmp_path / "config").mkdir()
+    write_config(tmp_path / "config" / "config.yaml", TINY)
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "preprocess_2d"]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    with PreprocessedCXR(tmp_path / "results/cxr/images.h5") as store:
+        assert len(store) > 0 and store.image(0).shape == (64, 64)
+    assert (tmp_path / "results/logs/preprocess_cxr.log").exists() and not (REPO / "results" / "cxr").exists()
 
 
 def test_real_data_folders_with_bad_files(tmp_path):

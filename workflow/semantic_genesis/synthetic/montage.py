@@ -13,8 +13,8 @@ import pandas as pd  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from ..preprocess.readers import read_radiograph, read_volume, scan_id  # noqa: E402
 from ..runtime.files import atomic_path  # noqa: E402
-from .readers import read_radiograph, read_volume, scan_id  # noqa: E402
 
 LUNG_HU = (-950, -600)
 CT_DISPLAY = dict(cmap="gray", vmin=-1000, vmax=400)
