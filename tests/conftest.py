@@ -64,9 +64,12 @@ def real_cr(tmp_path) -> Path:
     return Path(shutil.copy(DATA / "RG1_UNCR.dcm", tmp_path))
 
 
-def interrupt_after(monkeypatch, trainer_module, epochs: int) -> None:
-    """Make a trainer module (autoencoder, pretraining) stop as if killed after epoch `epochs`' checkpoint."""
-    monkeypatch.setattr(trainer_module, "end_epoch", stopping_end_epoch(trainer_module.end_epoch, epochs))
+def interrupt_after(monkeypatch, epochs: int) -> None:
+    """Make the training loop (training.fit: the autoencoder, pretraining) stop as if killed after epoch `epochs`'
+    checkpoint."""
+    from semantic_genesis.runtime import training
+
+    monkeypatch.setattr(training, "end_epoch", stopping_end_epoch(training.end_epoch, epochs))
 
 
 def interrupt_processes_after(monkeypatch, epochs: int) -> None:

@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import Interrupted, interrupt_after
 
-from semantic_genesis.discovery import autoencoder
 from semantic_genesis.discovery.autoencoder import (
     Autoencoder,
     AutoencoderSettings,
@@ -93,7 +92,7 @@ def test_load_autoencoder_gives_identical_outputs(trained, tmp_path, monkeypatch
     # model.pt holds the best epoch's weights: those of the same run stopped right after that epoch.
     best_epoch = history.val_loss.idxmin() + 1
     assert torch.load(out / "model.pt", weights_only=True)["epoch"] == best_epoch
-    interrupt_after(monkeypatch, autoencoder, best_epoch)  # a budget beyond it does not change the epochs before
+    interrupt_after(monkeypatch, best_epoch)  # a budget beyond it does not change the epochs before
     with pytest.raises(Interrupted):
         train_autoencoder(
             shapes(24, 2, seed=1), val, dataclasses.replace(loaded.settings, max_epochs=best_epoch + 1), tmp_path
@@ -131,7 +130,7 @@ def assert_same_run(a, b) -> None:
 def interrupted_run(monkeypatch, train, val, settings, out, epochs=2) -> None:
     """A run killed after epoch `epochs`: its checkpoint, and no model.pt."""
     with monkeypatch.context() as patch:
-        interrupt_after(patch, autoencoder, epochs)
+        interrupt_after(patch, epochs)
         with pytest.raises(Interrupted):
             train_autoencoder(train, val, settings, out)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"] == epochs

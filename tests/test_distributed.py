@@ -225,5 +225,5 @@ def test_torchrun_run_resumes_like_an_uninterrupted_one(torchrun_run, patches, t
     assert "resuming from" in (tmp_path / "log").read_text()
     whole, split = weights(root / "run"), weights(tmp_path)
     assert all(torch.equal(whole[k], split[k]) for k in whole)
-    drop = ["seconds", "samples_per_s"]
+    drop = ["seconds", "train_samples_per_s"]
     pd.testing.assert_frame_equal(resumed.drop(columns=drop), history.drop(columns=drop))

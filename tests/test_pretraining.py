@@ -11,7 +11,6 @@ from conftest import Interrupted, interrupt_after
 
 from semantic_genesis.methods import METHODS
 from semantic_genesis.networks.genesis import Encoder3D, load_pretrained
-from semantic_genesis.pretrain import trainer as pretraining
 from semantic_genesis.pretrain.trainer import PatchDataset, PretrainSettings, pretrain, transform_gallery
 from semantic_genesis.pretrain.transforms import TransformSettings
 from semantic_genesis.runtime import training
@@ -95,7 +94,7 @@ def assert_same_run(a, b):
     """Two output folders with bitwise equal weights and equal histories (but for wall-clock columns)."""
     first, second = weights(a), weights(b)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    clock = ["seconds", "samples_per_s"]
+    clock = ["seconds", "train_samples_per_s"]
     pd.testing.assert_frame_equal(
         pd.read_csv(a / "history.csv").drop(columns=clock), pd.read_csv(b / "history.csv").drop(columns=clock)
     )
@@ -104,7 +103,7 @@ def assert_same_run(a, b):
 def interrupted_run(monkeypatch, patches, run, out, epochs=2):
     """A run killed after epoch `epochs`: its checkpoint, and no final artifacts."""
     with monkeypatch.context() as patch:
-        interrupt_after(patch, pretraining, epochs)
+        interrupt_after(patch, epochs)
         with pytest.raises(Interrupted):
             pretrain(patches, run, out)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"] == epochs

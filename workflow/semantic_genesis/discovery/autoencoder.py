@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,16 +19,15 @@ import torch.nn.functional as F  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from torch import nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from ..runtime.files import atomic_path  # noqa: E402
 from ..runtime.training import (  # noqa: E402
+    Checkpointing,
+    Stopping,
     amp_dtype,
     batches,
-    end_epoch,
     finish_run,
-    fresh_run_state,
-    load_checkpoint,
+    fit,
     reproducible,
     resolve_device,
     run_stamp,
@@ -193,6 +190,72 @@ def _mean_loss(model: Autoencoder, images: torch.Tensor, batch_size: int, device
     return total / images.numel()
 
 
+class _Run:
+    """The autoencoder's hooks for training.fit: model, optimiser, schedule, loss scaling and the batch order."""
+
+    def __init__(self, settings: AutoencoderSettings, train: torch.Tensor, val: torch.Tensor, device: torch.device):
+        self.settings, self.train, self.val, self.device = settings, train, val, device
+        self.amp = amp_dtype(settings.amp, device)
+        self.validates = len(val) > 0
+        torch.manual_seed(settings.seed)
+        self.model = Autoencoder(settings).to(device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer,
+            factor=settings.plateau_factor,
+            patience=settings.plateau_patience,
+            threshold=settings.min_improvement,
+        )
+        self.shuffle = torch.Generator().manual_seed(settings.seed)
+
+    def learning_rate(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        total = 0.0
+        order = torch.randperm(len(self.train), generator=self.shuffle)
+        for batch in batches(len(self.train), self.settings.batch_size, order):
+            images = self.train[batch].to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                reconstruction = self.model(images)
+            loss = F.mse_loss(reconstruction.float(), images)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += loss.item() * images.numel()
+        return {"loss": total / self.train.numel()}
+
+    def validate(self) -> dict[str, float]:
+        return {"loss": _mean_loss(self.model, self.val, self.settings.batch_size, self.device)}
+
+    def schedule(self, watched: float) -> None:
+        self.scheduler.step(watched)
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": self.shuffle.get_state(),
+        }
+
+    def load_state(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.shuffle.set_state(saved["shuffle_rng"])
+
+    def describe(self, row: Mapping[str, float]) -> str:
+        return f"train {row['train_loss']:.6f}, val {row.get('val_loss', float('nan')):.6f}"
+
+
 def train_autoencoder(
     train_images: np.ndarray,
     val_images: np.ndarray,
@@ -210,117 +273,30 @@ def train_autoencoder(
     """
     log = log or logging.getLogger(__name__)
     out_dir, device = Path(out_dir), resolve_device(settings.device)
-    amp = amp_dtype(settings.amp, device)
     train, val = _as_tensor(train_images, settings.dims), _as_tensor(val_images, settings.dims)
     if len(train) == 0:
         raise ValueError("no training images")
     if len(val) == 0:
         log.warning("validation set is empty: the learning-rate schedule and early stopping follow the training loss")
-    stamp = run_stamp(asdict(settings), _fingerprint(train_images, val_images), __name__)
-
-    log.info(
-        "autoencoder: %d train / %d val images, device %s%s",
-        len(train),
-        len(val),
-        device,
-        f" ({amp} autocast)" if amp else "",
+    checkpoint = Checkpointing(
+        out_dir / "checkpoint.pt",
+        run_stamp(asdict(settings), _fingerprint(train_images, val_images), __name__),
+        RESUMABLE_CHANGES,
+        restart_stale,
     )
+    stopping = Stopping(settings.max_epochs, settings.early_stopping_patience, settings.min_improvement)
     # On a GPU, speed wins over bitwise repeatability (cuDNN autotuning); on the CPU runs are exact.
     with reproducible(settings.num_threads, deterministic=device.type == "cpu"):
-        torch.manual_seed(settings.seed)
-        model = Autoencoder(settings).to(device)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-        optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            factor=settings.plateau_factor,
-            patience=settings.plateau_patience,
-            threshold=settings.min_improvement,
+        run = _Run(settings, train, val, device)
+        log.info(
+            "autoencoder: %d train / %d val images, device %s%s",
+            len(train),
+            len(val),
+            device,
+            f" ({run.amp} autocast)" if run.amp else "",
         )
-        shuffle = torch.Generator().manual_seed(settings.seed)
-        state = fresh_run_state()
-        best_weights = copy.deepcopy(model.state_dict())
-
-        checkpoint_path = out_dir / "checkpoint.pt"
-        saved = load_checkpoint(checkpoint_path, stamp, RESUMABLE_CHANGES, restart_stale, log)
-        if saved is not None:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            scaler.load_state_dict(saved["scaler"])
-            best_weights = saved["best_weights"]
-            state = saved["state"]
-            torch.set_rng_state(saved["torch_rng"])
-            shuffle.set_state(saved["shuffle_rng"])
-            log.info("resuming from %s after epoch %d", checkpoint_path, state["epoch"])
-
-        monitored = "val" if len(val) else "train"
-        progress = tqdm(
-            # A run that already stopped early stays stopped, even if resumed with a larger max_epochs.
-            range(state["epoch"], state["epoch"] if state["stopped"] else settings.max_epochs),
-            initial=state["epoch"],
-            total=settings.max_epochs,
-            desc="autoencoder",
-            unit="epoch",
-        )
-        for epoch in progress:
-            start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
-            model.train()
-            total = 0.0
-            for batch in batches(len(train), settings.batch_size, torch.randperm(len(train), generator=shuffle)):
-                images = train[batch].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    reconstruction = model(images)
-                loss = F.mse_loss(reconstruction.float(), images)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total += loss.item() * images.numel()
-            train_loss = total / train.numel()
-            val_loss = _mean_loss(model, val, settings.batch_size, device) if len(val) else float("nan")
-            watched = val_loss if len(val) else train_loss
-            scheduler.step(watched)
-
-            if end_epoch(state, watched, settings.min_improvement, settings.early_stopping_patience):
-                best_weights = copy.deepcopy(model.state_dict())
-            seconds = time.perf_counter() - start
-            state["history"].append(dict(zip(HISTORY_COLUMNS, [epoch + 1, train_loss, val_loss, lr, seconds])))
-            progress.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}", lr=f"{lr:.2g}")
-            log.info(
-                "epoch %d/%d: train %.6f, val %.6f, lr %.3g, %.1f s%s",
-                epoch + 1,
-                settings.max_epochs,
-                train_loss,
-                val_loss,
-                lr,
-                seconds,
-                " (best)" if state["best_epoch"] == epoch + 1 else "",
-            )
-            with atomic_path(checkpoint_path) as tmp:
-                torch.save(
-                    {
-                        **stamp,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "best_weights": best_weights,
-                        "state": state,
-                        "torch_rng": torch.get_rng_state(),
-                        "shuffle_rng": shuffle.get_state(),
-                    },
-                    tmp,
-                )
-            if state["stopped"]:
-                log.info(
-                    "early stopping: no %s-loss improvement for %d epochs", monitored, settings.early_stopping_patience
-                )
-                break
-        progress.close()
-
-    log.info("best %s loss %.6f at epoch %d", monitored, state["best_loss"], state["best_epoch"])
-    model.load_state_dict(best_weights)
+        state = fit(run, stopping, log, checkpoint, desc="autoencoder")
+    model = run.model
     with atomic_path(out_dir / "model.pt") as tmp:
         weights = {name: tensor.cpu() for name, tensor in model.state_dict().items()}  # loads anywhere
         torch.save({"settings": asdict(settings), "state_dict": weights, "epoch": state["best_epoch"]}, tmp)
@@ -334,7 +310,7 @@ def train_autoencoder(
         examples[torch.linspace(0, len(examples) - 1, min(4, len(examples))).round().long()],
         out_dir / "reconstructions.png",
     )
-    finish_run(checkpoint_path)
+    finish_run(checkpoint.path)
     return history
 
 

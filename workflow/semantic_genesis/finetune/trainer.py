@@ -12,7 +12,6 @@ and flips on seed = base_seed + run alone. On the CPU a run is bitwise reproduci
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -40,7 +39,7 @@ from ..networks.unet2d import ResNetEncoder2D  # noqa: E402
 from ..networks.unet3d import Encoder3D  # noqa: E402
 from ..runtime.files import atomic_path  # noqa: E402
 from ..runtime.provenance import any_synthetic  # noqa: E402
-from ..runtime.training import batches, end_epoch, fresh_run_state, reproducible, resolve_device  # noqa: E402
+from ..runtime.training import Stopping, batches, fit, reproducible, resolve_device  # noqa: E402
 from ..tasks.taskdata import TASKS, TaskData  # noqa: E402
 from . import metrics  # noqa: E402
 
@@ -347,7 +346,28 @@ class Finetuner:
             return F.binary_cross_entropy_with_logits(output, targets)
         return soft_dice_loss(output, targets)
 
-    def train_epoch(self, epoch: int) -> float:
+    @property
+    def validates(self) -> bool:
+        return len(self.splits["val"]) > 0
+
+    def learning_rate(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def validate(self) -> dict[str, float]:
+        val = self.evaluate("val")
+        return {"loss": val.loss, "metric": val.summary()["metric"]}
+
+    def schedule(self, watched: float) -> None:
+        self.scheduler.step(watched)
+
+    def describe(self, row: Mapping[str, float]) -> str:
+        nan = float("nan")
+        return (
+            f"train loss {row['train_loss']:.5f}, val loss {row.get('val_loss', nan):.5f}, "
+            f"val {self.spec.metric} {row.get('val_metric', nan):.4f}"
+        )
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training subset in the order of (seed, epoch); the sample-weighted mean batch loss."""
         self.model.train()
         train = self.splits["train"]
@@ -366,7 +386,7 @@ class Finetuner:
             self.optimizer.step()
             total += loss.item() * len(part)
             count += len(part)
-        return total / count if count else float("nan")
+        return {"loss": total / count if count else float("nan")}
 
     @torch.no_grad()
     def evaluate(self, split: str, sink: h5py.File | None = None) -> Evaluation:
@@ -465,49 +485,11 @@ def finetune(
         if not n_val:
             log.warning("%s has no validation samples: scheduling and early stopping watch the training loss", task_h5)
 
-        state, history = fresh_run_state(), []
-        best_weights = copy.deepcopy(run.model.state_dict())
-        progress = tqdm(range(1, settings.max_epochs + 1), unit="epoch")
-        for epoch in progress:
-            start, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
-            train_loss = run.train_epoch(epoch)
-            val = run.evaluate("val") if n_val else None
-            val_loss = val.loss if val else float("nan")
-            val_metric = val.summary()["metric"] if val else float("nan")
-            watched = val_loss if monitored == "val" else train_loss
-            run.scheduler.step(watched)
-            is_best = end_epoch(state, watched, settings.min_improvement, settings.early_stopping_patience)
-            if is_best:
-                best_weights = copy.deepcopy(run.model.state_dict())
-            seconds = time.perf_counter() - start
-            history.append(
-                {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric}
-                | {"lr": lr, "seconds": seconds}
-            )
-            progress.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}", metric=f"{val_metric:.3f}")
-            log.info(
-                "epoch %d/%d: train loss %.5f, val loss %.5f, val %s %.4f, lr %.3g, %.1f s%s",
-                epoch,
-                settings.max_epochs,
-                train_loss,
-                val_loss,
-                data.spec.metric,
-                val_metric,
-                lr,
-                seconds,
-                " (best)" if is_best else "",
-            )
-            if state["stopped"]:
-                patience = settings.early_stopping_patience
-                log.info("early stopping: no %s-loss improvement for %d epochs", monitored, patience)
-                break
-        progress.close()
-
-        run.model.load_state_dict(best_weights)
+        stopping = Stopping(settings.max_epochs, settings.early_stopping_patience, settings.min_improvement)
+        state = fit(run, stopping, log)
+        history = state["history"]
         best_epoch = state["best_epoch"]
-        log.info(
-            "best %s loss %.6f at epoch %d; testing on %d samples", monitored, state["best_loss"], best_epoch, n_test
-        )
+        log.info("testing the weights of epoch %d on %d samples", best_epoch, n_test)
         with atomic_path(out_dir / "predictions.h5") as tmp, h5py.File(tmp, "w") as sink:
             sink.attrs.update(
                 task=settings.task,

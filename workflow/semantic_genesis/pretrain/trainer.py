@@ -14,7 +14,6 @@ Each torchrun process runs `main` (through the module semantic_genesis.pretrain.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -43,12 +42,12 @@ from ..runtime.files import atomic_path, read_h5  # noqa: E402
 from ..runtime.logs import rule_logging  # noqa: E402
 from ..runtime.provenance import file_digest  # noqa: E402
 from ..runtime.training import (  # noqa: E402
+    Checkpointing,
+    Stopping,
     amp_dtype,
     batches,
-    end_epoch,
     finish_run,
-    fresh_run_state,
-    load_checkpoint,
+    fit,
     reproducible,
     resolve_device,
     run_stamp,
@@ -64,9 +63,9 @@ SCHEDULES = ("plateau", "step")
 HISTORY_COLUMNS = [
     "epoch",
     *(f"{split}_{name}" for split in ("train", "val") for name in ("loss", "rec", "cls", "acc")),
+    "train_samples_per_s",
     "lr",
     "seconds",
-    "samples_per_s",
 ]
 # Settings that may differ between a run and its resumption without changing what the run computes.
 RESUMABLE_CHANGES = {"max_epochs", "num_threads", "workers"}
@@ -344,6 +343,28 @@ class Pretrainer:
             if len(data)
         }
 
+    @property
+    def validates(self) -> bool:
+        return len(self.data["val"]) > 0
+
+    def learning_rate(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def schedule(self, watched: float) -> None:
+        if self.settings.schedule == "plateau":
+            self.scheduler.step(watched)
+        else:
+            self.scheduler.step()
+
+    def describe(self, row: Mapping[str, float]) -> str:
+        parts = [
+            f"{split} loss {row[f'{split}_loss']:.5f} (rec {row[f'{split}_rec']:.5f}, cls {row[f'{split}_cls']:.4f}, "
+            f"acc {row[f'{split}_acc']:.3f})"
+            for split in ("train", "val")
+            if f"{split}_loss" in row
+        ]
+        return ", ".join(parts) + f", {row['train_samples_per_s']:.1f} samples/s"
+
     def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input, target, label) of a collated batch on the device, transformed there if it came untransformed."""
         labels = batch["label"].to(self.device, non_blocking=True)
@@ -368,7 +389,8 @@ class Pretrainer:
         return loss, rec.detach(), cls.detach(), correct, restored
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training patches in the order of (seed, epoch)."""
+        """One pass over the training patches in the order of (seed, epoch): losses, accuracy and samples/s."""
+        start = time.perf_counter()
         self.model.train()
         self.samplers["train"].epoch = epoch
         totals = _Totals()
@@ -378,7 +400,8 @@ class Pretrainer:
         # The sampler knows each global batch's size, so no step waits for the other processes to count theirs.
         for batch, total in zip(progress, self.samplers["train"].global_sizes()):
             totals.add(len(batch["label"]), *self.step(batch, total))
-        return totals.summed(self.device).summary(self.settings, self.method)
+        summary = totals.summed(self.device).summary(self.settings, self.method)
+        return summary | {"samples_per_s": len(self.data["train"]) / (time.perf_counter() - start)}
 
     def step(self, batch: dict, total: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """One optimisation step on a batch: this process's share of a global batch of `total` samples (all of it
@@ -487,64 +510,9 @@ def _pretrain(
             f" ({run.amp} autocast)" if run.amp else "",
             f", {ranks.world_size} processes sharing batches of {settings.batch_size}" if ranks.active else "",
         )
-        state = fresh_run_state()
-        best_weights = copy.deepcopy(run.model.state_dict())
-        checkpoint = out_dir / "checkpoint.pt"
-        saved = load_checkpoint(checkpoint, stamp, RESUMABLE_CHANGES, restart_stale, log)
-        if saved is not None:
-            run.load_state(saved)
-            best_weights, state = saved["best_weights"], saved["state"]
-            log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
-
-        monitored = "val" if len(run.data["val"]) else "train"
-        last = state["epoch"] if state["stopped"] else settings.max_epochs
-        progress = tqdm(
-            range(state["epoch"], last),
-            initial=state["epoch"],
-            total=settings.max_epochs,
-            unit="epoch",
-            disable=not ranks.main,
-        )
-        for epoch in progress:
-            start, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
-            train = run.train_epoch(epoch + 1)
-            seconds = time.perf_counter() - start
-            val = run.validate()
-            watched = val["loss"] if monitored == "val" else train["loss"]
-            if settings.schedule == "plateau":
-                run.scheduler.step(watched)
-            else:
-                run.scheduler.step()
-            if end_epoch(state, watched, settings.min_improvement, settings.early_stopping_patience):
-                best_weights = copy.deepcopy(run.model.state_dict())
-            row = {"epoch": epoch + 1, "lr": lr, "seconds": seconds, "samples_per_s": len(run.data["train"]) / seconds}
-            row |= {f"train_{k}": v for k, v in train.items()} | {f"val_{k}": v for k, v in val.items()}
-            state["history"].append(row)
-            progress.set_postfix(train=f"{train['loss']:.4g}", val=f"{val['loss']:.4g}")
-            log.info(
-                "epoch %d/%d: train loss %.5f (rec %.5f, cls %.4f, acc %.3f), val loss %.5f (rec %.5f, cls %.4f, "
-                "acc %.3f), lr %.3g, %.1f s, %.1f samples/s%s",
-                epoch + 1,
-                settings.max_epochs,
-                *(train[k] for k in ("loss", "rec", "cls", "acc")),
-                *(val[k] for k in ("loss", "rec", "cls", "acc")),
-                lr,
-                seconds,
-                row["samples_per_s"],
-                " (best)" if state["best_epoch"] == epoch + 1 else "",
-            )
-            if ranks.main:
-                with atomic_path(checkpoint) as tmp:
-                    torch.save({**run.state(), **stamp, "best_weights": best_weights, "state": state}, tmp)
-            if state["stopped"]:
-                log.info(
-                    "early stopping: no %s-loss improvement for %d epochs", monitored, settings.early_stopping_patience
-                )
-                break
-        progress.close()
-
-        log.info("best %s loss %.6f at epoch %d", monitored, state["best_loss"], state["best_epoch"])
-        run.model.load_state_dict(best_weights)
+        checkpoint = Checkpointing(out_dir / "checkpoint.pt", stamp, RESUMABLE_CHANGES, restart_stale, ranks.main)
+        stopping = Stopping(settings.max_epochs, settings.early_stopping_patience, settings.min_improvement)
+        state = fit(run, stopping, log, checkpoint, progress_bar=ranks.main)
         history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
         if not ranks.main:
             return history
@@ -564,7 +532,7 @@ def _pretrain(
             history.to_csv(tmp, index=False)
         plot_curves(history, settings.method, out_dir / "curves.png")
         plot_examples(run, out_dir / "examples.png")
-        finish_run(checkpoint)
+        finish_run(checkpoint.path)
     return history
 
 

@@ -1,15 +1,28 @@
-"""Pieces every training loop of the package shares: reproducible kernels, batching, improvement test, device."""
+"""The one training loop (`fit`) and what the three trainers share: reproducible kernels, batching, the improvement
+test, devices, mixed precision and checkpoints.
+
+The autoencoder (discovery/autoencoder.py), pretraining (pretrain/trainer.py) and fine-tuning (finetune/trainer.py)
+each implement the hooks of `Trainable` (one epoch of training, validation, the schedule's step, their checkpoint
+state, the log line) and call `fit`, which owns the epoch loop: early stopping, best weights, history, progress bar,
+log and the per-epoch checkpoint a resumed run continues from.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
+from tqdm import tqdm
 
+from .files import atomic_path
 from .provenance import module_code_digest
 
 _log = logging.getLogger(__name__)
@@ -144,3 +157,121 @@ def finish_run(checkpoint: Path) -> None:
     """Delete a finished run's checkpoint (after its artifacts are written): a later run of the job, which Snakemake
     starts only when an input, a setting or the code changed, must train from scratch, never resume this one."""
     checkpoint.unlink(missing_ok=True)
+
+
+class Trainable(Protocol):
+    """The hooks `fit` calls: what differs between the autoencoder, pretraining and fine-tuning."""
+
+    model: torch.nn.Module
+    validates: bool  # whether there is validation data (else the training loss is monitored)
+
+    def learning_rate(self) -> float:
+        """The learning rate of the coming epoch."""
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch (1-based number); the training metrics, "loss" among them."""
+
+    def validate(self) -> dict[str, float]:
+        """The validation metrics, "loss" among them (called only when `validates`)."""
+
+    def schedule(self, watched: float) -> None:
+        """Step the learning-rate schedule after an epoch whose monitored loss was `watched`."""
+
+    def state(self) -> dict:
+        """What a checkpoint holds beyond the loop's own bookkeeping: model, optimizer, scheduler, RNG states."""
+
+    def load_state(self, saved: dict) -> None:
+        """Restore what `state` returned."""
+
+    def describe(self, row: Mapping[str, float]) -> str:
+        """The metrics of one history row as the epoch's log line shows them."""
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """How long a run goes: at most max_epochs, early stopping after `patience` epochs without an improvement of
+    the monitored loss by more than the relative min_improvement."""
+
+    max_epochs: int
+    patience: int
+    min_improvement: float
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where and whether a run saves its state every epoch, and which saved state it may resume (load_checkpoint)."""
+
+    path: Path
+    stamp: Mapping
+    resumable: set[str]
+    restart_stale: bool
+    write: bool = True  # False in the other processes of a multi-process run: rank 0 writes
+
+
+def fit(
+    run: Trainable,
+    stopping: Stopping,
+    log: logging.Logger,
+    checkpointing: Checkpointing | None = None,
+    desc: str | None = None,
+    progress_bar: bool = True,
+) -> dict:
+    """The one epoch loop: train, validate, schedule, early stopping, best weights, history, progress bar, log and
+    checkpoint, resuming from a checkpoint of the same job. The model ends with the best epoch's weights; the returned
+    bookkeeping (fresh_run_state) holds the best epoch and loss and the history rows.
+
+    An epoch's history row holds epoch, train_<metric>, val_<metric> (absent without validation data), lr and
+    seconds (training and validation). The loop draws no random numbers itself: a run is as reproducible as its
+    hooks, and a resumed run equals an uninterrupted one when `state` holds every RNG the hooks use."""
+    state, best_weights = fresh_run_state(), copy.deepcopy(run.model.state_dict())
+    if checkpointing is not None:
+        saved = load_checkpoint(
+            checkpointing.path, checkpointing.stamp, checkpointing.resumable, checkpointing.restart_stale, log
+        )
+        if saved is not None:
+            run.load_state(saved)
+            best_weights, state = saved["best_weights"], saved["state"]
+            log.info("resuming from %s after epoch %d", checkpointing.path, state["epoch"])
+    monitored = "val" if run.validates else "train"
+    # A run that already stopped early stays stopped, even if resumed with a larger max_epochs.
+    last = state["epoch"] if state["stopped"] else stopping.max_epochs
+    progress = tqdm(
+        range(state["epoch"], last),
+        initial=state["epoch"],
+        total=stopping.max_epochs,
+        desc=desc,
+        unit="epoch",
+        disable=not progress_bar,
+    )
+    for epoch in progress:
+        start, lr = time.perf_counter(), run.learning_rate()
+        train = run.train_epoch(epoch + 1)
+        val = run.validate() if run.validates else None
+        watched = (val or train)["loss"]
+        run.schedule(watched)
+        best = end_epoch(state, watched, stopping.min_improvement, stopping.patience)
+        if best:
+            best_weights = copy.deepcopy(run.model.state_dict())
+        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()}}
+        row |= {f"val_{k}": v for k, v in (val or {}).items()} | {"lr": lr, "seconds": time.perf_counter() - start}
+        state["history"].append(row)
+        progress.set_postfix(train=f"{train['loss']:.4g}", val=f"{val['loss']:.4g}" if val else "-")
+        log.info(
+            "epoch %d/%d: %s, lr %.3g, %.1f s%s",
+            epoch + 1,
+            stopping.max_epochs,
+            run.describe(row),
+            lr,
+            row["seconds"],
+            " (best)" if best else "",
+        )
+        if checkpointing is not None and checkpointing.write:
+            with atomic_path(checkpointing.path) as tmp:
+                torch.save({**run.state(), **checkpointing.stamp, "best_weights": best_weights, "state": state}, tmp)
+        if state["stopped"]:
+            log.info("early stopping: no %s-loss improvement for %d epochs", monitored, stopping.patience)
+            break
+    progress.close()
+    run.model.load_state_dict(best_weights)
+    log.info("best %s loss %.6f at epoch %d", monitored, state["best_loss"], state["best_epoch"])
+    return state
