@@ -76,3 +76,20 @@ def test_every_schema_key_is_documented():
 
     missing = [k for k in keys(schema) if f"`{k}`" not in readme]
     assert not missing, f"config/README.md does not describe {missing}"
+
+
+def test_method_names_are_defined_once_and_everything_else_agrees():
+    """methods.METHODS is the one definition: the schema's enums and defaults, the tables' row order, colours and
+    labels, and the transform policies all name exactly its methods (plus scratch where fine-tuning has it)."""
+    from semantic_genesis.methods import METHODS
+    from semantic_genesis.pretrain.transforms import POLICIES
+    from semantic_genesis.tables.build import METHOD_COLOURS, METHOD_ORDER
+    from semantic_genesis.tables.published import METHOD_LABELS
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]
+    pretrain, finetune = schema["pretrain"]["properties"]["methods"], schema["finetune"]["properties"]["methods"]
+    assert pretrain["items"]["enum"] == pretrain["default"] == list(METHODS)
+    assert finetune["items"]["enum"] == finetune["default"] == ["scratch", *METHODS]
+    assert set(METHOD_ORDER) == set(METHOD_COLOURS) == {"scratch", *METHODS}
+    assert {"scratch", *METHODS} <= set(METHOD_LABELS)
+    assert {m.policy for m in METHODS.values()} - {None} <= set(POLICIES)

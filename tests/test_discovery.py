@@ -182,4 +182,4 @@ def test_settings_validation_and_config():
     with pytest.raises(ValueError, match="one value per axis"):
         DiscoverySettings(crop_size_xyz=(32, 32))
     cfg = {"classes": 3, "crop_size_xyz": [8, 8, 4], "unknown": 1}
-    assert DiscoverySettings.from_config(cfg).crop_zyx == (4, 8, 8)
+    assert DiscoverySettings.from_dict(cfg).crop_zyx == (4, 8, 8)

@@ -5,7 +5,7 @@ import pytest
 
 from semantic_genesis.config import InfeasibleError
 from semantic_genesis.discovery.feasibility import check_config, check_discovery
-from semantic_genesis.discovery.plan import discovery_settings
+from semantic_genesis.discovery.plan import DiscoverySettings
 from semantic_genesis.runtime.files import write_tsv
 
 CT = {"classes": 2, "k": 3, "val_neighbours": 1, "crop_size": [32, 32, 16], "multi_resolution": True}
@@ -25,7 +25,7 @@ def ct_manifest(shapes_by_split):
 
 def check(manifest, batch=4, **changes):
     cfg = {**CT, **changes}
-    return check_discovery(manifest, "ct", discovery_settings(cfg), batch, cfg["multi_resolution"])
+    return check_discovery(manifest, "ct", DiscoverySettings.from_dict(cfg), batch, cfg["multi_resolution"])
 
 
 def test_feasible_settings_give_the_numbers():

@@ -256,8 +256,8 @@ def test_pxs_splits_are_seeded_and_by_group():
     pd.testing.assert_series_equal(split, assign_pxs_splits(groups, PXSSettings(seed=3)))
     with pytest.raises(ValueError, match="leave some"):
         PXSSettings(val_fraction=0.5, test_fraction=0.5)
-    assert PXSSettings.from_config({"size": 64, "val_fraction": 0.1, "test_fraction": 0.2, "seed": 4}).seed == 4
-    assert DXCSettings.from_config({"size": 96}) == DXCSettings(96)
+    assert PXSSettings.from_dict({"size": 64, "val_fraction": 0.1, "test_fraction": 0.2, "seed": 4}).seed == 4
+    assert DXCSettings.from_dict({"size": 96}) == DXCSettings(96)
 
 
 def test_a_task_without_validation_samples_fails_in_its_preparation(siim, tmp_path):

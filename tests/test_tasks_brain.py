@@ -209,7 +209,7 @@ def test_split_subjects_and_settings():
     assert list(split_subjects(["a"], 0.2, 0.2, seed=0).values()) == ["train"]
     assert split_subjects(names, 0.15, 0.15, seed=1) != splits
     cfg = {"crop_size": [48, 48, 32], "cube_size": [32, 32, 16], "crops_per_subject": 3, "seed": 2, "other": 1}
-    settings = BMSSettings.from_config(cfg)
+    settings = BMSSettings.from_dict(cfg)
     assert settings.crop_size_xyz == (48, 48, 32) and settings.cube_size_xyz == (32, 32, 16)
     assert settings.crops_per_subject == 3 and settings.seed == 2 and settings.val_fraction == 0.15
-    assert BMSSettings.from_config({"crop_size_xyz": [10, 10, 5]}).crop_size_xyz == (10, 10, 5)
+    assert BMSSettings.from_dict({"crop_size_xyz": [10, 10, 5]}).crop_size_xyz == (10, 10, 5)

@@ -294,7 +294,7 @@ def test_lcs_settings():
     assert LCSSettings().split_of(129) == "test" and LCSSettings().split_of(130) is None
     with pytest.raises(ValueError, match="multiple"):
         LCSSettings(volume_size_xyz=(100, 128, 64))
-    cfg = LCSSettings.from_config({"splits": {"train": [0, 5]}, "volume_size": [64, 64, 32]})
+    cfg = LCSSettings.from_dict({"splits": {"train": [0, 5]}, "volume_size": [64, 64, 32]})
     assert cfg.splits == {"train": [0, 5]} and cfg.volume_size_xyz == (64, 64, 32) and cfg.cube_size_xyz == (64, 64, 32)
     assert proportional_splits(12) == {"train": [0, 9], "val": [10, 10], "test": [11, 11]}
     assert proportional_splits(130) == {"train": [0, 99], "val": [100, 114], "test": [115, 129]}

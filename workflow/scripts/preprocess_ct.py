@@ -8,7 +8,7 @@ with rule_logging(snakemake.log[0]):
         scans=list(snakemake.input.scans),
         subset=snakemake.wildcards.subset,
         split=snakemake.params.split,
-        settings=CTSettings.from_config(snakemake.params.settings),
+        settings=CTSettings.from_dict(snakemake.params.settings),
         out_h5=snakemake.output.h5,
         out_tsv=snakemake.output.tsv,
         strict=snakemake.params.strict,

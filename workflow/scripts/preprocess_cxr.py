@@ -8,7 +8,7 @@ from semantic_genesis.runtime.logs import rule_logging
 with rule_logging(snakemake.log[0]):
     preprocess_chestxray14(
         root=Path(snakemake.input.entries).parent,
-        settings=CXRSettings.from_config(snakemake.params.settings),
+        settings=CXRSettings.from_dict(snakemake.params.settings),
         out_h5=snakemake.output.h5,
         out_tsv=snakemake.output.tsv,
         strict=snakemake.params.strict,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib
@@ -32,6 +32,7 @@ from ..runtime.training import (  # noqa: E402
     resolve_device,
     run_stamp,
 )
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ RESUMABLE_CHANGES = {"max_epochs", "num_threads"}
 
 
 @dataclass(frozen=True)
-class AutoencoderSettings:
+class AutoencoderSettings(Settings):
     """Architecture and training settings of the self-discovery autoencoder.
 
     Widths: encoder level i (i = 0 .. levels-1) has two convs of base_width * 2**i channels followed by a max-pool 2;
@@ -72,12 +73,6 @@ class AutoencoderSettings:
             raise ValueError(f"dims must be 2 or 3, not {self.dims}")
         if self.levels < 1 or self.base_width < 1 or self.batch_size < 1:
             raise ValueError("levels, base_width and batch_size must be positive")
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> AutoencoderSettings:
-        """Build from a mapping such as a config section, ignoring keys that are not settings."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 def _double_conv(dims: int, in_channels: int, out_channels: int) -> nn.Sequential:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..config import InfeasibleError
 from ..runtime.files import read_tsv
-from .plan import DiscoverySettings, discovery_settings, start_range
+from .plan import DiscoverySettings, start_range
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def check_config(manifest_tsv: Path | str, kind: str, config: Mapping) -> dict:
     """check_discovery of the workflow config's discovery.<kind> and pretrain.<kind> settings on a manifest file;
     the error names the manifest. Logs the numbers and returns them."""
     section = config["discovery"][kind]
-    settings = discovery_settings(section)
+    settings = DiscoverySettings.from_dict(section)
     multi_resolution = bool(section.get("multi_resolution", False))
     try:
         numbers = check_discovery(

@@ -23,7 +23,7 @@ from tqdm import tqdm  # noqa: E402
 from .. import __version__  # noqa: E402
 from ..preprocess.ct import box  # noqa: E402
 from ..runtime.files import atomic_path, read_h5  # noqa: E402
-from .plan import DiscoverySettings, as_zyx, discovery_settings, fit_inside, read_plan  # noqa: E402
+from .plan import DiscoverySettings, as_zyx, fit_inside, read_plan  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def patch_montage(h5_path: Path | str, out_png: Path | str, classes: int = 8, ne
 
 def _patches(plan_tsv: Path | str, open_scan: Callable, cfg: dict, out_h5: Path | str, out_png: Path | str) -> None:
     """Cut the planned crops (one scan in memory at a time) into one HDF5 file, and draw the class montage."""
-    settings = discovery_settings(cfg)
+    settings = DiscoverySettings.from_dict(cfg)
     plan = read_plan(plan_tsv)
     extract_patches(
         plan, open_scan, out_h5, settings, cfg["multi_resolution"], settings.seed, {"discovery": json.dumps(cfg)}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from ..preprocess.ct import box
 from ..runtime.files import read_h5, write_tsv
+from ..settings import Settings
 from .inputs import ct_scans, cxr_scans, read_latents, scan_shapes
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ SELECTIONS = ("paper", "released")
 
 
 @dataclass(frozen=True)
-class DiscoverySettings:
+class DiscoverySettings(Settings):
     """How pseudo-classes are discovered; defaults are the paper's 3D values.
 
     Margins are fractions of the scan size per axis, in the order of `crop_size_xyz`: `margin_lo` is the share of the
@@ -39,6 +41,8 @@ class DiscoverySettings:
     slices before and 34 after the crop; they are expressed as fractions of a typical 256-slice LUNA16 scan (30/256,
     34/256), because absolute numbers would leave no room on the 96-slice scans that preprocessing still accepts.
     """
+
+    ALIASES: ClassVar[dict[str, str]] = {"crop_size": "crop_size_xyz"}
 
     classes: int = 44
     k: int = 200
@@ -63,12 +67,6 @@ class DiscoverySettings:
             raise ValueError("margin_lo, margin_hi and crop_size_xyz need one value per axis each")
         if min(self.classes, self.k, self.val_neighbours, self.max_tries) < 1:
             raise ValueError("classes, k, val_neighbours and max_tries must be positive")
-
-    @classmethod
-    def from_config(cls, cfg: Mapping) -> DiscoverySettings:
-        """Build from a config section whose keys are the field names (lists become tuples; unknown keys ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in names})
 
     def as_dict(self) -> dict:
         """Plain values for JSON attributes."""
@@ -293,11 +291,6 @@ def read_plan(path: Path | str) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", dtype={"reference": str, "neighbour": str, "split": str}, keep_default_na=False)
 
 
-def discovery_settings(cfg: dict) -> DiscoverySettings:
-    """DiscoverySettings from a `discovery.ct` or `discovery.cxr` section (crop_size there is crop_size_xyz here)."""
-    return DiscoverySettings.from_config({**cfg, "crop_size_xyz": cfg["crop_size"]})
-
-
 def _plan(
     latents_h5: Path | str,
     open_scan: Callable,
@@ -309,7 +302,7 @@ def _plan(
     """Pick references, neighbours and crop coordinates from the latents; write the class table.
 
     `shapes(ids)` maps every id to its array shape."""
-    settings = discovery_settings(cfg)
+    settings = DiscoverySettings.from_dict(cfg)
     latents, ids, splits = read_latents(latents_h5)
 
     def accept_factory(sid: str) -> Callable:

@@ -17,8 +17,9 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import h5py
 import matplotlib
@@ -40,6 +41,7 @@ from ..networks.unet3d import Encoder3D  # noqa: E402
 from ..runtime.files import atomic_path  # noqa: E402
 from ..runtime.provenance import any_synthetic  # noqa: E402
 from ..runtime.training import Stopping, batches, fit, reproducible, resolve_device  # noqa: E402
+from ..settings import Settings
 from ..tasks.taskdata import TASKS, TaskData  # noqa: E402
 from . import metrics  # noqa: E402
 
@@ -54,8 +56,10 @@ DICE_SMOOTH = 1.0
 
 
 @dataclass(frozen=True)
-class FinetuneSettings:
+class FinetuneSettings(Settings):
     """One fine-tuning run. Defaults follow the paper (Adam 1e-3; LCS uses 1e-2, and patience differs per task)."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"seed": "base_seed"}
 
     task: str
     method: str = SCRATCH
@@ -91,17 +95,6 @@ class FinetuneSettings:
             raise ValueError("lr, batch_size, base_width and head_width must be positive and max_epochs >= 0")
         if self.run < 0 or self.early_stopping_patience < 1 or self.plateau_patience < 0:
             raise ValueError("run and plateau_patience must be >= 0 and early_stopping_patience >= 1")
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> FinetuneSettings:
-        """Build from a mapping such as a merged config section, ignoring keys that are not settings.
-
-        A "seed" key (the config's name) stands for base_seed when base_seed itself is absent."""
-        names = {f.name for f in fields(cls)}
-        chosen = {k: v for k, v in values.items() if k in names}
-        if "seed" in values and "base_seed" not in values:
-            chosen["base_seed"] = values["seed"]
-        return cls(**chosen)
 
     @property
     def seed(self) -> int:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..runtime.files import atomic_path
+from ..settings import Settings
 from .unet2d import ResNetEncoder2D, UNet2D
 from .unet3d import Encoder3D, UNet3D, conv_bn_relu
 
@@ -28,7 +29,7 @@ _ENCODERS: dict[int, type[nn.Module]] = {2: ResNetEncoder2D, 3: Encoder3D}
 
 
 @dataclass(frozen=True)
-class NetworkSettings:
+class NetworkSettings(Settings):
     """Architecture of a GenesisNet; the paper uses base_width 32 in 3D and 64 in 2D, head_width 1024."""
 
     dims: int = 3
@@ -44,12 +45,6 @@ class NetworkSettings:
             raise ValueError("base_width and head_width must be positive and num_classes non-negative")
         if not self.restoration and self.num_classes == 0:
             raise ValueError("a network without restoration needs num_classes > 0, or it has no output")
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> NetworkSettings:
-        """Build from a mapping such as a config section, ignoring keys that are not settings."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 class ClassificationHead(nn.Module):

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..runtime.files import atomic_path, read_h5, read_tsv, write_tsv
 from ..runtime.parallel import ordered_map
+from ..settings import Settings
 from .readers import InputError, NoUsableDataError, read_volume, scan_id
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ MIN_TISSUE_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
-class CTSettings:
+class CTSettings(Settings):
     """Preprocessing settings; sizes and spacings are (x, y, z) as in the config."""
 
     hu_window: tuple[int, int] = (-1000, 1000)
@@ -42,21 +43,6 @@ class CTSettings:
     chunk: tuple[int, int, int] = (64, 64, 32)
     compression: str = "none"
     check_plausible: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> CTSettings:
-        """Build from the `preprocess.ct` config section (keys that are not settings, like splits, are ignored)."""
-        spacing = cfg.get("spacing_mm")
-        return cls(
-            hu_window=tuple(cfg["hu_window"]),
-            min_slices=int(cfg["min_slices"]),
-            spacing_mm=tuple(float(s) for s in spacing) if spacing else None,
-            orientation=cfg["orientation"],
-            thumbnail_size=tuple(cfg["thumbnail_size"]),
-            chunk=tuple(cfg["chunk"]),
-            compression=cfg["compression"],
-            check_plausible=bool(cfg.get("check_plausible", True)),
-        )
 
 
 @dataclass

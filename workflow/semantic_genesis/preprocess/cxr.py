@@ -7,6 +7,7 @@ import logging
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import h5py
 import numpy as np
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..runtime.files import atomic_path, read_h5, write_tsv
 from ..runtime.parallel import ordered_map
+from ..settings import Settings
 from .readers import InputError, NoUsableDataError, read_radiograph
 
 log = logging.getLogger(__name__)
@@ -40,23 +42,15 @@ MANIFEST_COLUMNS = ["id", "patient", "split", "labels", "path", "status", "reaso
 
 
 @dataclass(frozen=True)
-class CXRSettings:
+class CXRSettings(Settings):
     """Output size (square, pixels), share of train_val patients held out for validation, and the split seed."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"split_seed": "seed"}
 
     size: int = 128
     val_fraction: float = 0.1
     seed: int = 0
     check_plausible: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> CXRSettings:
-        """Build from the `preprocess.cxr` config section."""
-        return cls(
-            size=cfg["size"],
-            val_fraction=cfg["val_fraction"],
-            seed=cfg["split_seed"],
-            check_plausible=bool(cfg.get("check_plausible", True)),
-        )
 
 
 # A radiograph read by its declared bits spans much of them: one whose 0.5th-99.5th percentiles lie within a tenth of

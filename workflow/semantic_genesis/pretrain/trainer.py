@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -52,6 +52,7 @@ from ..runtime.training import (  # noqa: E402
     resolve_device,
     run_stamp,
 )
+from ..settings import Settings
 from .distributed import SINGLE, Processes, all_sum, launch, process_group, share_weight, with_global_batchnorm  # noqa: E402
 from .transforms import TransformSettings, apply, apply_batch, draw, draw_step, sample_generator  # noqa: E402
 
@@ -73,7 +74,7 @@ VALIDATION_EPOCH = 0  # training epochs count from 1, so the fixed validation dr
 
 
 @dataclass(frozen=True)
-class PretrainSettings:
+class PretrainSettings(Settings):
     """One pretraining run. Defaults are the paper's; execution settings (device .. num_threads) pick hardware.
 
     augment "workers" applies transforms with numpy in the DataLoader workers, "device" with the batched torch path on
@@ -122,12 +123,6 @@ class PretrainSettings:
         if self.dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, not {self.dims}")
         TransformSettings.from_dict(self.transforms)
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> PretrainSettings:
-        """Build from a mapping such as a merged config section, ignoring keys that are not settings."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
 
     @property
     def policy(self) -> str:

@@ -27,8 +27,8 @@ original code; points on the diagonal (r1, r1), (r2, r2) would make the map the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache, reduce
 from math import prod
 from typing import Any
@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
+
+from ..settings import Settings
 
 POLICIES: tuple[str, ...] = ("identity", "models_genesis", "released", "inpainting", "patch_shuffling")
 Plan = tuple[tuple[str, Any], ...]
@@ -49,7 +51,7 @@ SHUFFLE_CHUNK = 16
 
 
 @dataclass(frozen=True)
-class TransformSettings:
+class TransformSettings(Settings):
     """Probabilities and constants of the transforms; defaults are the spec's (Models Genesis) values."""
 
     flip_prob: float = 0.4
@@ -71,12 +73,6 @@ class TransformSettings:
     elastic_sigma: float = 8.0
     patch_swaps: int = 10  # context restoration: swaps of two non-overlapping patches
     swap_patch_fraction: float = 0.125  # swapped patch side = max(1, int(dim * fraction)) per axis
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> TransformSettings:
-        """Settings from a config mapping; unknown keys are ignored and lists become tuples."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..preprocess.readers import InputError, NoUsableDataError, read_volume
 from ..runtime.files import atomic_path
+from ..settings import Settings
 from ..synthetic.brain_phantom import BrainSettings, draw_subject, render_subject
 from .taskdata import TaskWriter
 
@@ -34,8 +35,10 @@ SAMPLE_COLUMNS = ["id", "subject", "grade", "split", "tumour_fraction"]
 
 
 @dataclass(frozen=True)
-class BMSSettings:
+class BMSSettings(Settings):
     """How BraTS subjects become task samples (sizes in voxels, x, y, z)."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"crop_size": "crop_size_xyz", "cube_size": "cube_size_xyz"}
 
     crop_size_xyz: tuple[int, int, int] = (100, 100, 50)
     cube_size_xyz: tuple[int, int, int] = (64, 64, 32)
@@ -43,15 +46,6 @@ class BMSSettings:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Mapping) -> BMSSettings:
-        """Build from the `tasks.bms` config section (crop_size/cube_size name the _xyz fields; lists -> tuples)."""
-        aliases = {"crop_size": "crop_size_xyz", "cube_size": "cube_size_xyz"}
-        names = {f.name for f in fields(cls)}
-        values = {aliases.get(k, k): v for k, v in cfg.items()}
-        kept = {k: v for k, v in values.items() if k in names}
-        return cls(**{k: tuple(int(x) for x in v) if isinstance(v, list) else v for k, v in kept.items()})
 
 
 def subject_files(folder: Path) -> tuple[Path | None, Path | None]:

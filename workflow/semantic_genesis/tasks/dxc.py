@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ..preprocess.cxr import PreprocessedCXR
 from ..preprocess.readers import NoUsableDataError
 from ..runtime.files import read_tsv
+from ..settings import Settings
 from .taskdata import CXR14_LABELS, SPLITS, TaskWriter
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,10 @@ NO_FINDING = "No Finding"
 
 
 @dataclass(frozen=True)
-class DXCSettings:
+class DXCSettings(Settings):
     """Side of the square task images, in pixels."""
 
     size: int = 224
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> DXCSettings:
-        """Build from the `tasks.dxc` config section."""
-        return cls(size=cfg["size"])
 
 
 def finding_matrix(finding_labels: pd.Series) -> np.ndarray:

@@ -19,6 +19,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from ..preprocess.ct import reorient, to_unit, window_hu
 from ..preprocess.readers import InputError, NoUsableDataError, read_volume
 from ..runtime.files import atomic_path
 from ..runtime.parallel import ordered_map
+from ..settings import Settings
 from ..synthetic.phantom import LABELS, PhantomSettings, draw_patient, render_ct
 from .taskdata import SPLITS, TaskWriter
 
@@ -42,8 +44,10 @@ _VOLUME = re.compile(r"^volume-(\d+)\.nii(\.gz)?$")
 
 
 @dataclass(frozen=True)
-class LCSSettings:
+class LCSSettings(Settings):
     """Split ranges of N (inclusive), the common volume grid and its cube tiling (x, y, z), HU window."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"volume_size": "volume_size_xyz", "cube_size": "cube_size_xyz"}
 
     splits: dict = field(default_factory=lambda: {k: list(v) for k, v in PAPER_SPLITS.items()})
     volume_size_xyz: tuple[int, int, int] = (128, 128, 64)
@@ -61,18 +65,6 @@ class LCSSettings:
             raise ValueError(
                 f"volume_size_xyz {self.volume_size_xyz} must be a multiple of cube_size_xyz {self.cube_size_xyz}"
             )
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> LCSSettings:
-        """Build from a `tasks.lcs`-style section; missing keys keep their defaults (`volume_size`, `cube_size` too)."""
-        d = cls()
-        volume = cfg.get("volume_size_xyz", cfg.get("volume_size", d.volume_size_xyz))
-        return cls(
-            splits={str(k): [int(v[0]), int(v[1])] for k, v in cfg.get("splits", d.splits).items()},
-            volume_size_xyz=tuple(int(v) for v in volume),
-            cube_size_xyz=tuple(int(v) for v in cfg.get("cube_size_xyz", cfg.get("cube_size", d.cube_size_xyz))),
-            hu_window=tuple(int(v) for v in cfg.get("hu_window", d.hu_window)),
-        )
 
     def split_of(self, n: int) -> str | None:
         """The split whose range holds volume N, or None."""

@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import h5py
 import numpy as np
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from ..preprocess.ct import to_unit
 from ..preprocess.readers import InputError, NoUsableDataError
 from ..runtime.files import read_h5, read_tsv
+from ..settings import Settings
 from .taskdata import SPLITS, TaskWriter
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,10 @@ CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 
 
 @dataclass(frozen=True)
-class NCCSettings:
+class NCCSettings(Settings):
     """Cube size (x, y, z), negative subsampling (per split) and the HU window of the cubes."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"cube_size": "cube_size_xyz"}
 
     cube_size_xyz: tuple[int, int, int] = (64, 64, 32)
     negatives_per_positive: int = 3  # cap on negatives per positive of the same split; 0 keeps every negative
@@ -47,19 +51,6 @@ class NCCSettings:
             raise ValueError("negatives_per_positive and max_negatives must not be negative")
         if self.hu_window[1] <= self.hu_window[0]:
             raise ValueError(f"hu_window must be increasing, not {self.hu_window}")
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> NCCSettings:
-        """Build from a `tasks.ncc`-style section; missing keys keep their defaults (`cube_size` is an alias)."""
-        d = cls()
-        max_neg = cfg.get("max_negatives", d.max_negatives)
-        return cls(
-            cube_size_xyz=tuple(int(v) for v in cfg.get("cube_size_xyz", cfg.get("cube_size", d.cube_size_xyz))),
-            negatives_per_positive=int(cfg.get("negatives_per_positive", d.negatives_per_positive)),
-            max_negatives=None if max_neg is None else int(max_neg),
-            seed=int(cfg.get("seed", d.seed)),
-            hu_window=tuple(int(v) for v in cfg.get("hu_window", d.hu_window)),
-        )
 
 
 def world_to_index(

@@ -23,6 +23,7 @@ import logging
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from ..preprocess.ct import reorient, to_unit, window_hu
 from ..preprocess.readers import InputError, NoUsableDataError, read_volume
 from ..runtime.files import atomic_path
+from ..settings import Settings
 from ..synthetic.phantom import LABELS
 from .ncc import crop_padded, world_to_index
 from .taskdata import SPLITS, TaskWriter
@@ -44,8 +46,10 @@ FITS = ("crop", "resample")
 
 
 @dataclass(frozen=True)
-class NCSSettings:
+class NCSSettings(Settings):
     """Cube size (x, y, z), HU window, and how a cube of another size is brought to it."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"cube_size": "cube_size_xyz"}
 
     cube_size_xyz: tuple[int, int, int] = (64, 64, 32)
     hu_window: tuple[int, int] = (-1000, 1000)
@@ -56,16 +60,6 @@ class NCSSettings:
             raise ValueError(f"cube_size_xyz must be three positive sizes, not {self.cube_size_xyz}")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, not {self.fit!r}")
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> NCSSettings:
-        """Build from a `tasks.ncs`-style section; missing keys keep their defaults (`cube_size` is an alias)."""
-        d = cls()
-        return cls(
-            cube_size_xyz=tuple(int(v) for v in cfg.get("cube_size_xyz", cfg.get("cube_size", d.cube_size_xyz))),
-            hu_window=tuple(int(v) for v in cfg.get("hu_window", d.hu_window)),
-            fit=str(cfg.get("fit", d.fit)),
-        )
 
 
 # ---- synthetic counterpart ------------------------------------------------------------------------------------

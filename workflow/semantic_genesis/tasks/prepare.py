@@ -55,21 +55,21 @@ def prepare_task(
             inputs["manifest"],
             list(inputs["h5"]),
             out_h5,
-            NCCSettings.from_config(settings),
+            NCCSettings.from_dict(settings),
             synthetic,
         )
     elif task == "ncs":
-        index = prepare_ncs(inputs["root"], out_h5, NCSSettings.from_config(settings), synthetic)
+        index = prepare_ncs(inputs["root"], out_h5, NCSSettings.from_dict(settings), synthetic)
     elif task == "lcs":
-        index = prepare_lcs(inputs["root"], out_h5, LCSSettings.from_config(settings), synthetic)
+        index = prepare_lcs(inputs["root"], out_h5, LCSSettings.from_dict(settings), synthetic)
     elif task == "bms":
-        index = prepare_bms(inputs["root"], out_h5, BMSSettings.from_config(settings), synthetic)
+        index = prepare_bms(inputs["root"], out_h5, BMSSettings.from_dict(settings), synthetic)
     elif task == "dxc":
         index = prepare_dxc(
-            inputs["h5"], inputs["manifest"], inputs["entries"], out_h5, DXCSettings.from_config(settings), synthetic
+            inputs["h5"], inputs["manifest"], inputs["entries"], out_h5, DXCSettings.from_dict(settings), synthetic
         )
     elif task == "pxs":
-        index = prepare_pxs(inputs["root"], out_h5, PXSSettings.from_config(settings), synthetic)
+        index = prepare_pxs(inputs["root"], out_h5, PXSSettings.from_dict(settings), synthetic)
     else:
         raise ValueError(f"unknown task {task!r}")
     write_tsv(index, out_index)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..preprocess.readers import InputError, NoUsableDataError, read_radiograph
 from ..runtime.files import atomic_path
 from ..runtime.parallel import ordered_map
+from ..settings import Settings
 from ..synthetic.phantom import PatientParams, PhantomSettings, draw_patient, radiograph_field_mm, render_radiograph
 from .dxc import resize_image
 from .lcs import resize_nearest
@@ -83,7 +84,7 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
 
 # ---- settings -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class PXSSettings:
+class PXSSettings(Settings):
     """Task image size, the shares of patients held out for validation and test, and the split seed."""
 
     size: int = 224
@@ -96,16 +97,6 @@ class PXSSettings:
             raise ValueError(f"size must be positive, not {self.size}")
         if min(self.val_fraction, self.test_fraction) < 0 or self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction and test_fraction must be >= 0 and leave some patients for training")
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> PXSSettings:
-        """Build from the `tasks.pxs` config section."""
-        return cls(
-            size=cfg["size"],
-            val_fraction=cfg["val_fraction"],
-            test_fraction=cfg["test_fraction"],
-            seed=cfg["seed"],
-        )
 
 
 # ---- synthetic SIIM-ACR set ---------------------------------------------------------------------------------------
