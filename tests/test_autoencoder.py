@@ -15,10 +15,10 @@ from semantic_genesis.discovery.autoencoder import (
     Autoencoder,
     AutoencoderSettings,
     embed_images,
-    latent_scatter,
     load_autoencoder,
     train_autoencoder,
 )
+from semantic_genesis.plots import latent_scatter
 from semantic_genesis.runtime import training
 
 TINY_3D = AutoencoderSettings(dims=3, base_width=4, levels=3, batch_size=4, max_epochs=4, num_threads=2)

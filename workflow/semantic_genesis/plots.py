@@ -18,12 +18,27 @@ matplotlib.use("Agg")  # files only, never a display: jobs run headless
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
 from .runtime.files import atomic_path  # noqa: E402
 
-__all__ = ["Cell", "Panel", "epoch_curves", "image_grid", "latent_scatter", "matrix_image", "plt", "save"]
+# pyplot and the legend artists, for the result figures of tables/build.py (bar charts with custom legends).
+__all__ = [
+    "Cell",
+    "Line2D",
+    "MaxNLocator",
+    "Panel",
+    "Patch",
+    "epoch_curves",
+    "image_grid",
+    "latent_scatter",
+    "matrix_image",
+    "plt",
+    "save",
+]
 
 
 def save(fig: plt.Figure, out_png: Path | str, dpi: int = 100, rect: tuple | None = None) -> Path:
@@ -99,9 +114,9 @@ def image_grid(
     """Rows of images without axes (None leaves a cell empty), with optional column titles over the first row and
     row labels left of the first column."""
     columns = max((len(row) for row in rows), default=1) or 1
-    fig, axes = plt.subplots(
-        max(len(rows), 1), columns, figsize=(cell_size[0] * columns, cell_size[1] * max(len(rows), 1)), squeeze=False
-    )
+    label_width = 1.6 if any(row_labels) else 0.0  # room for the labels left of the first column
+    size = (cell_size[0] * columns + label_width, cell_size[1] * max(len(rows), 1))
+    fig, axes = plt.subplots(max(len(rows), 1), columns, figsize=size, squeeze=False)
     for r, axes_row in enumerate(axes):
         for c, ax in enumerate(axes_row):
             ax.axis("off")

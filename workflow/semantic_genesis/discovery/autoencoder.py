@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from torch import nn  # noqa: E402
-
-from ..runtime.files import atomic_path  # noqa: E402
-from ..runtime.training import (  # noqa: E402
+from ..plots import Cell, Panel, epoch_curves, image_grid
+from ..runtime.files import atomic_path
+from ..runtime.training import (
     Checkpointing,
     Stopping,
     amp_dtype,
@@ -298,13 +293,13 @@ def train_autoencoder(
     history = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
     with atomic_path(out_dir / "history.csv") as tmp:
         history.to_csv(tmp, index=False)
-    plot_history(history, out_dir / "loss.png")
+    loss = Panel("MSE", {"train": "train_loss", "validation": "val_loss"}, log=True)
+    epoch_curves(history, [loss], out_dir / "loss.png", title="autoencoder reconstruction loss")
     examples = val if len(val) else train
-    plot_reconstructions(
-        model,
-        examples[torch.linspace(0, len(examples) - 1, min(4, len(examples))).round().long()],
-        out_dir / "reconstructions.png",
+    rows, labels = reconstruction_rows(
+        model, examples[torch.linspace(0, len(examples) - 1, min(4, len(examples))).round().long()]
     )
+    image_grid(rows, out_dir / "reconstructions.png", row_labels=labels, dpi=100)
     finish_run(checkpoint.path)
     return history
 
@@ -321,76 +316,26 @@ def embed_images(model: Autoencoder, images: np.ndarray, batch_size: int = 8) ->
     )
 
 
-def plot_history(history: pd.DataFrame, out_png: Path | str) -> None:
-    """Training and validation loss per epoch on a log scale."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.semilogy(history.epoch, history.train_loss, label="train")
-    if history.val_loss.notna().any():
-        ax.semilogy(history.epoch, history.val_loss, label="validation")
-    ax.set(xlabel="epoch", ylabel="MSE", title="autoencoder reconstruction loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-
-
 @torch.no_grad()
-def plot_reconstructions(model: Autoencoder, images: torch.Tensor, out_png: Path | str) -> None:
-    """Inputs above their reconstructions; for 3D the mid axial and mid coronal slices of each."""
+def reconstruction_rows(model: Autoencoder, images: torch.Tensor) -> tuple[list[list[Cell]], list[str]]:
+    """Inputs and their reconstructions as image_grid rows with their labels; 3D: mid axial and coronal slices."""
     model.eval()
     recon = model(images.to(next(model.parameters()).device)).cpu()
     pairs = torch.stack([images, recon], 1)[:, :, 0].numpy()  # (N, 2, [D,] H, W)
     if model.settings.dims == 2:
-        rows = [("input", pairs[:, 0]), ("reconstruction", pairs[:, 1])]
+        views = [("input", pairs[:, 0], "upper"), ("reconstruction", pairs[:, 1], "upper")]
     else:
         depth, height = pairs.shape[2], pairs.shape[3]
         axial, coronal = pairs[:, :, depth // 2], pairs[:, :, :, height // 2]
-        rows = [
-            ("input axial", axial[:, 0]),
-            ("reconstruction axial", axial[:, 1]),
-            ("input coronal", coronal[:, 0]),
-            ("reconstruction coronal", coronal[:, 1]),
+        # Array index 0 along z is inferior, so coronal slices are drawn with the origin at the bottom.
+        views = [
+            ("input axial", axial[:, 0], "upper"),
+            ("reconstruction axial", axial[:, 1], "upper"),
+            ("input coronal", coronal[:, 0], "lower"),
+            ("reconstruction coronal", coronal[:, 1], "lower"),
         ]
-    fig, axes = plt.subplots(len(rows), len(images), figsize=(2 * len(images), 2 * len(rows)), squeeze=False)
-    for (title, slices), row in zip(rows, axes):
-        row[0].set_ylabel(title)
-        for ax, image in zip(row, slices):
-            # Array index 0 along z is inferior, so coronal slices are drawn with the origin at the bottom.
-            ax.imshow(image, cmap="gray", vmin=0, vmax=1, origin="lower" if "coronal" in title else "upper")
-            ax.set(xticks=[], yticks=[])
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-
-
-def latent_scatter(latents: np.ndarray, labels: Mapping[str, Sequence], out_png: Path | str) -> None:
-    """First two principal components of the latents, one panel per colouring (categorical legend or colourbar)."""
-    components = min(2, *latents.shape)
-    pca = PCA(n_components=components).fit(latents)
-    xy = np.zeros((len(latents), 2))
-    xy[:, :components] = pca.transform(latents)
-    explained = np.zeros(2)
-    explained[:components] = 100 * pca.explained_variance_ratio_
-    panels = labels or {"": np.zeros(len(latents))}
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
-    for ax, (name, values) in zip(axes[0], panels.items()):
-        values = pd.Series(values)
-        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            points = ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap="viridis", s=12)
-            fig.colorbar(points, ax=ax, label=name)
-        else:
-            for category in pd.unique(values.astype(str)):
-                chosen = (values.astype(str) == category).to_numpy()
-                ax.scatter(xy[chosen, 0], xy[chosen, 1], s=12, label=category)
-            ax.legend(title=name, fontsize="small")
-        ax.set(xlabel=f"PC1 ({explained[0]:.0f}%)", ylabel=f"PC2 ({explained[1]:.0f}%)", title=name)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    rows = [[Cell(image, origin=origin) for image in slices] for _, slices, origin in views]
+    return rows, [label for label, _, _ in views]
 
 
 def train(manifest: pd.DataFrame, images: np.ndarray, settings: AutoencoderSettings, out_dir: Path | str) -> None:

@@ -9,9 +9,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from ..plots import latent_scatter
 from ..runtime.files import atomic_path
 from ..runtime.training import resolve_device
-from .autoencoder import embed_images, latent_scatter, load_autoencoder
+from .autoencoder import embed_images, load_autoencoder
 
 log = logging.getLogger(__name__)
 

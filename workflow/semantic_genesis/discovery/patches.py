@@ -8,22 +8,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import h5py
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
+from .. import __version__
+from ..plots import Cell, image_grid
+from ..preprocess.ct import box
+from ..runtime.files import atomic_path, read_h5
 from .inputs import Scan, ct_scans, cxr_scans
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from .. import __version__  # noqa: E402
-from ..preprocess.ct import box  # noqa: E402
-from ..runtime.files import atomic_path, read_h5  # noqa: E402
-from .plan import DiscoverySettings, as_zyx, fit_inside, read_plan  # noqa: E402
+from .plan import DiscoverySettings, as_zyx, fit_inside, read_plan
 
 log = logging.getLogger(__name__)
 
@@ -141,25 +137,24 @@ def extract_patches(
 
 def patch_montage(h5_path: Path | str, out_png: Path | str, classes: int = 8, neighbours: int = 8) -> None:
     """One row per class, one column per neighbour (mid slice of each plain training crop), as in Figure 2."""
+    rows, labels = [], []
     with read_h5(h5_path) as h5:
         group = h5["train"]
-        labels = group["labels"][()]
+        all_labels = group["labels"][()]
         plain = group["meta/resolution"][()] == 0
-        shown = np.unique(labels)[:classes]
-        fig, axes = plt.subplots(len(shown), neighbours, figsize=(1.3 * neighbours, 1.3 * len(shown)), squeeze=False)
-        for row, label in zip(axes, shown):
-            rows = np.flatnonzero(plain & (labels == label))[:neighbours]
-            for ax in row:
-                ax.axis("off")
-            for ax, n in zip(row, rows):
-                patch = group["patches"][n].astype(np.float32)
-                ax.imshow(patch[len(patch) // 2] if patch.ndim == 3 else patch, cmap="gray", vmin=0, vmax=1)
-            row[0].set_title(f"class {label}", fontsize=7, loc="left")
-    fig.suptitle("Self-discovered classes: one row per coordinate, one column per neighbour", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+        for label in np.unique(all_labels)[:classes]:
+            members = np.flatnonzero(plain & (all_labels == label))[:neighbours]
+            crops = [group["patches"][n].astype(np.float32) for n in members]
+            cells = [Cell(crop[len(crop) // 2] if crop.ndim == 3 else crop) for crop in crops]
+            rows.append(cells + [None] * (neighbours - len(cells)))  # every row as wide as the figure's columns
+            labels.append(f"class {label}")
+    image_grid(
+        rows,
+        out_png,
+        title="Self-discovered classes: one row per coordinate, one column per neighbour",
+        row_labels=labels,
+        cell_size=(1.3, 1.3),
+    )
 
 
 def _patches(plan_tsv: Path | str, open_scan: Callable, cfg: dict, out_h5: Path | str, out_png: Path | str) -> None:

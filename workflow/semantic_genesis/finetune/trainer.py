@@ -22,28 +22,24 @@ from pathlib import Path
 from typing import ClassVar
 
 import h5py
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from torch import nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from ..config import InfeasibleError  # noqa: E402
-from ..networks.genesis import ARCHITECTURE_FILE, build_unet, count_parameters, load_pretrained  # noqa: E402
-from ..networks.unet2d import ResNetEncoder2D  # noqa: E402
-from ..networks.unet3d import Encoder3D  # noqa: E402
-from ..runtime.files import atomic_path  # noqa: E402
-from ..runtime.provenance import any_synthetic  # noqa: E402
-from ..runtime.training import Stopping, batches, fit, reproducible, resolve_device  # noqa: E402
+from ..config import InfeasibleError
+from ..networks.genesis import ARCHITECTURE_FILE, build_unet, count_parameters, load_pretrained
+from ..networks.unet2d import ResNetEncoder2D
+from ..networks.unet3d import Encoder3D
+from ..plots import Panel, epoch_curves
+from ..runtime.files import atomic_path
+from ..runtime.provenance import any_synthetic
+from ..runtime.training import Stopping, batches, fit, reproducible, resolve_device
 from ..settings import Settings
-from ..tasks.taskdata import TASKS, TaskData  # noqa: E402
-from . import metrics  # noqa: E402
+from ..tasks.taskdata import TASKS, TaskData
+from . import metrics
 
 log = logging.getLogger(__name__)
 
@@ -536,30 +532,11 @@ def finetune(
     with atomic_path(out_dir / "history.csv") as tmp:
         frame.to_csv(tmp, index=False)
     title = f"{settings.task} / {settings.method} run {settings.run}"
-    plot_curves(frame, title, data.spec.metric, out_dir / "curves.png", best_epoch)
+    panels = [
+        Panel("loss", {"train": "train_loss", "val": "val_loss"}),
+        Panel(f"validation {data.spec.metric}", {"": "val_metric"}),
+    ]
+    epoch_curves(frame, panels, out_dir / "curves.png", f"fine-tuning: {title}", best_epoch, markers=True)
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def plot_curves(history: pd.DataFrame, title: str, metric: str, out_png: Path | str, best_epoch: int = 0) -> None:
-    """Training and validation loss, and the validation metric, per epoch; a dotted line marks the kept epoch."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for column in ("train_loss", "val_loss"):
-        if history[column].notna().any():
-            axes[0].plot(history.epoch, history[column], marker=".", label=column.split("_")[0])
-    if history.val_metric.notna().any():
-        axes[1].plot(history.epoch, history.val_metric, marker=".", color="tab:green")
-    axes[0].set(xlabel="epoch", ylabel="loss")
-    axes[1].set(xlabel="epoch", ylabel=f"validation {metric}")
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if best_epoch:
-            ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
-    if axes[0].lines:
-        axes[0].legend()
-    fig.suptitle(f"fine-tuning: {title}")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)

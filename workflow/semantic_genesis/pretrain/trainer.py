@@ -23,25 +23,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import h5py
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from ..methods import METHODS, Method  # noqa: E402
-from ..networks.genesis import GenesisNet, NetworkSettings, save_pretrained  # noqa: E402
-from ..runtime.files import atomic_path, read_h5  # noqa: E402
-from ..runtime.logs import rule_logging  # noqa: E402
-from ..runtime.provenance import file_digest  # noqa: E402
-from ..runtime.training import (  # noqa: E402
+from ..methods import METHODS, Method
+from ..networks.genesis import GenesisNet, NetworkSettings, save_pretrained
+from ..plots import Cell, Panel, epoch_curves, image_grid, matrix_image
+from ..runtime.files import atomic_path, read_h5
+from ..runtime.logs import rule_logging
+from ..runtime.provenance import file_digest
+from ..runtime.training import (
     Checkpointing,
     Stopping,
     amp_dtype,
@@ -53,8 +49,8 @@ from ..runtime.training import (  # noqa: E402
     run_stamp,
 )
 from ..settings import Settings
-from .distributed import SINGLE, Processes, all_sum, launch, process_group, share_weight, with_global_batchnorm  # noqa: E402
-from .transforms import TransformSettings, apply, apply_batch, draw, draw_step, sample_generator  # noqa: E402
+from .distributed import SINGLE, Processes, all_sum, launch, process_group, share_weight, with_global_batchnorm
+from .transforms import TransformSettings, apply, apply_batch, draw, draw_step, sample_generator
 
 log = logging.getLogger(__name__)
 
@@ -525,32 +521,13 @@ def _pretrain(
         save_pretrained(run.model, out_dir, extra=json.loads(json.dumps(extra, default=str)))
         with atomic_path(out_dir / "history.csv") as tmp:
             history.to_csv(tmp, index=False)
-        plot_curves(history, settings.method, out_dir / "curves.png")
+        panels = [Panel("loss (lambda-weighted)", {"train": "train_loss", "val": "val_loss"}, log=True)]
+        if history.train_acc.notna().any():
+            panels.append(Panel("classification accuracy", {"train": "train_acc", "val": "val_acc"}))
+        epoch_curves(history, panels, out_dir / "curves.png", title=f"pretraining: {settings.method}")
         plot_examples(run, out_dir / "examples.png")
         finish_run(checkpoint.path)
     return history
-
-
-def plot_curves(history: pd.DataFrame, method: str, out_png: Path | str) -> None:
-    """Loss (log scale) and classification accuracy per epoch, training and validation."""
-    has_acc = history.train_acc.notna().any()
-    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 3.8), squeeze=False)
-    panels = [("loss", "loss (lambda-weighted)", True)] + (
-        [("acc", "classification accuracy", False)] if has_acc else []
-    )
-    for ax, (name, label, log_scale) in zip(axes[0], panels):
-        for split in ("train", "val"):
-            values = history[f"{split}_{name}"]
-            if values.notna().any():
-                (ax.semilogy if log_scale else ax.plot)(history.epoch, values, label=split)
-        ax.set(xlabel="epoch", ylabel=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
-    fig.suptitle(f"pretraining: {method}")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
 def _middle(array: np.ndarray) -> np.ndarray:
@@ -568,40 +545,27 @@ def plot_examples(run: Pretrainer, out_png: Path | str, count: int = 4) -> None:
     inputs, targets, labels = run.inputs(batch)
     restored, logits = run.model(inputs)
     if restored is not None:
-        columns = [("input", inputs), ("restoration", restored), ("target", targets)]
-        fig, axes = plt.subplots(len(picks), 3, figsize=(6, 2 * len(picks)), squeeze=False)
-        for c, (title, images) in enumerate(columns):
-            for r in range(len(picks)):
-                ax = axes[r, c]
-                ax.imshow(_middle(images[r, 0].float().cpu().numpy()), cmap="gray", vmin=0, vmax=1)
-                ax.axis("off")
-                if r == 0:
-                    ax.set_title(title, fontsize=9)
-            if logits is not None:
-                for r in range(len(picks)):
-                    axes[r, 0].text(
-                        1, 1, f"class {int(labels[r])} -> {int(logits[r].argmax())}", color="yellow", fontsize=7
-                    )
-    else:
-        # Without a decoder the interesting output is which classes the head confuses (on all of them: the run's own
-        # loaders may hold only this process's share).
-        every = EpochBatches(len(data), run.settings.batch_size, run.settings.seed, shuffle=False)
-        truth, predicted = [], []
-        for batch in DataLoader(data, batch_sampler=every, collate_fn=collate):
-            inputs, _, labels = run.inputs(batch)
-            truth.append(labels.cpu())
-            predicted.append(run.model(inputs)[1].argmax(1).cpu())
-        classes = run.model.settings.num_classes
-        matrix = np.zeros((classes, classes), int)
-        np.add.at(matrix, (torch.cat(truth).numpy(), torch.cat(predicted).numpy()), 1)
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        image = ax.imshow(matrix, cmap="viridis")
-        fig.colorbar(image, ax=ax, label="patches")
-        ax.set(xlabel="predicted class", ylabel="true class", title="self-classification on validation patches")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+        rows = []
+        for r in range(len(picks)):
+            note = f"class {int(labels[r])} -> {int(logits[r].argmax())}" if logits is not None else ""
+            images = [_middle(x[r, 0].float().cpu().numpy()) for x in (inputs, restored, targets)]
+            rows.append([Cell(images[0], note=note), Cell(images[1]), Cell(images[2])])
+        image_grid(rows, out_png, column_titles=["input", "restoration", "target"], dpi=90)
+        return
+    # Without a decoder the interesting output is which classes the head confuses (on all of them: the run's own
+    # loaders may hold only this process's share).
+    every = EpochBatches(len(data), run.settings.batch_size, run.settings.seed, shuffle=False)
+    truth, predicted = [], []
+    for batch in DataLoader(data, batch_sampler=every, collate_fn=collate):
+        inputs, _, labels = run.inputs(batch)
+        truth.append(labels.cpu())
+        predicted.append(run.model(inputs)[1].argmax(1).cpu())
+    classes = run.model.settings.num_classes
+    matrix = np.zeros((classes, classes), int)
+    np.add.at(matrix, (torch.cat(truth).numpy(), torch.cat(predicted).numpy()), 1)
+    matrix_image(
+        matrix, out_png, "predicted class", "true class", "self-classification on validation patches", "patches"
+    )
 
 
 GALLERY_STEPS = {
@@ -631,24 +595,20 @@ def transform_gallery(
         group = h5["val"] if len(h5["val/labels"]) else h5["train"]
         picks = np.linspace(0, len(group["labels"]) - 1, min(rows, len(group["labels"]))).round().astype(int)
         patches = [group["patches"][int(i)].astype(np.float32) for i in np.unique(picks)]
-    titles = ["original", *GALLERY_STEPS, f"{restoration_policy} policy"]
-    fig, axes = plt.subplots(len(patches), len(titles), figsize=(1.6 * len(titles), 1.7 * len(patches)), squeeze=False)
+    grid = []
     for r, patch in enumerate(patches):
         rng = sample_generator(seed, VALIDATION_EPOCH, r)
         plans = [(), *(((step, draw_step(step, patch.shape, rng, settings)),) for step in GALLERY_STEPS.values())]
         plans.append(draw(restoration_policy, patch.shape, rng, settings))
-        for c, plan in enumerate(plans):
-            ax = axes[r, c]
-            ax.imshow(_middle(apply(patch, plan)[0]), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=8)
-    fig.suptitle("Self-restoration transforms: each alone, then the policy (network input; the target is the original)")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
+        grid.append([Cell(_middle(apply(patch, plan)[0])) for plan in plans])
+    image_grid(
+        grid,
+        out_png,
+        title="Self-restoration transforms: each alone, then the policy (network input; the target is the original)",
+        column_titles=["original", *GALLERY_STEPS, f"{restoration_policy} policy"],
+        cell_size=(1.6, 1.7),
+        dpi=90,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

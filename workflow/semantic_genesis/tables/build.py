@@ -24,21 +24,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from ..runtime.files import atomic_path  # noqa: E402
-from ..runtime.provenance import any_synthetic  # noqa: E402
-from ..tasks.taskdata import TASKS  # noqa: E402
-from .published import (  # noqa: E402
+from ..plots import Line2D, MaxNLocator, Patch, plt, save
+from ..runtime.files import atomic_path
+from ..runtime.provenance import any_synthetic
+from ..tasks.taskdata import TASKS
+from .published import (
     PUBLISHED_ONLY_2D,
     PUBLISHED_ONLY_3D,
     SEMANTIC_PAIRS,
@@ -619,11 +613,7 @@ def plot_adding_semantics(summary: pd.DataFrame, out_png: Path | str, label_frac
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     title = "Adding semantics" + ("" if label_fraction == 1 else f" ({100 * label_fraction:g}% of the labels)")
     fig.suptitle(_synthetic_title(title, synthetic), fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save(fig, out_png, rect=(0, 0.07, 1, 1))
 
 
 def _is_synthetic_run(history_path: Path) -> bool:
@@ -711,11 +701,7 @@ def plot_finetuning_curves(
                 ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.4")
         title = f"Fine-tuning: {TASKS[task].title if task in TASKS else task}"
         fig.suptitle(_synthetic_title(title, task_synthetic), fontsize=11)
-        fig.tight_layout()
-        with atomic_path(out_png) as tmp:
-            fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        written.append(out_png)
+        written.append(save(fig, out_png))
     return written
 
 

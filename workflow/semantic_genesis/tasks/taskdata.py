@@ -181,37 +181,27 @@ class TaskData:
 def task_montage(path: Path | str, out_png: Path | str, per_split: int = 6) -> None:
     """A few samples of each split (mid slice for 3D) with the mask outlined or the labels in the title."""
     # Imported here: the Snakefile imports this module (for TASKS) and should not pay for matplotlib.
-    import matplotlib
+    from ..plots import Cell, image_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    rows, labels = [], []
     with TaskData(path) as data:
-        fig, axes = plt.subplots(len(SPLITS), per_split, figsize=(1.8 * per_split, 2.0 * len(SPLITS)), squeeze=False)
         names = data.spec.label_names
-        for row, split in zip(axes, SPLITS):
-            for ax in row:
-                ax.axis("off")
+        middle = (lambda a: a[len(a) // 2]) if data.spec.dims == 3 else (lambda a: a)
+        for split in SPLITS:
             n = data.size(split)
             picks = np.linspace(0, n - 1, min(per_split, n)).round().astype(int) if n else []
-            for ax, i in zip(row, picks):
-                image = data.images(split)[int(i)].astype(np.float32)
+            row = []
+            for i in picks:
+                image = middle(data.images(split)[int(i)].astype(np.float32))
                 target = data.h5[split]["targets"][int(i)]
-                middle = (lambda a: a[len(a) // 2]) if data.spec.dims == 3 else (lambda a: a)
-                ax.imshow(middle(image), cmap="gray", vmin=0, vmax=1)
                 if data.spec.kind == "segmentation":
                     mask = middle(target)
-                    if mask.any():
-                        ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
-                    title = f"{mask.mean():.0%} fg"
+                    row.append(Cell(image, f"{mask.mean():.0%} fg", mask=mask))
                 else:
                     found = [names[k] for k in np.flatnonzero(target)]
-                    title = ", ".join(found)[:28] or "negative"
-                ax.set_title(title, fontsize=7)
-            row[0].text(-0.1, 0.5, f"{split} ({n})", transform=row[0].transAxes, ha="right", va="center", fontsize=8)
+                    row.append(Cell(image, ", ".join(found)[:28] or "negative"))
+            rows.append(row)
+            labels.append(f"{split} ({n})")
         kind = "synthetic" if data.synthetic else "real"
-        fig.suptitle(f"{data.spec.title}: {len(data)} samples of {'x'.join(map(str, data.shape))} ({kind} data)")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+        title = f"{data.spec.title}: {len(data)} samples of {'x'.join(map(str, data.shape))} ({kind} data)"
+    image_grid(rows, out_png, title=title, row_labels=labels, cell_size=(1.8, 2.0))
