@@ -24,9 +24,9 @@ if SYNTHETIC_NCS:
             splits=config["preprocess"]["ct"]["splits"],
             cube_size=config["tasks"]["ncs"]["cube_size"],
             seed=config["synthetic"]["seed"],
-            code=code("synthetic_task"),
+            code=code("synthetic_ncs"),
         script:
-            "../workflow/scripts/synthetic_task.py"
+            "../workflow/scripts/synthetic_ncs.py"
 
 
 if SYNTHETIC_TASK_SETS:

@@ -11,6 +11,7 @@ from semantic_genesis.preprocess.cxr import CXRSettings, preprocess_chestxray14
 from semantic_genesis.preprocess.readers import NoUsableDataError
 from semantic_genesis.synthetic.chest import SyntheticCXRSettings, write_chestxray14
 from semantic_genesis.synthetic.phantom import render_radiograph
+from semantic_genesis.synthetic.siim import synthetic_siim_patient, write_synthetic_siim
 from semantic_genesis.tasks.dxc import DXCSettings, finding_matrix, prepare_dxc, resize_image
 from semantic_genesis.tasks.pxs import (
     RLE_CSV,
@@ -20,8 +21,6 @@ from semantic_genesis.tasks.pxs import (
     read_rle_csv,
     rle_decode,
     rle_encode,
-    synthetic_siim_patient,
-    write_synthetic_siim,
 )
 from semantic_genesis.tasks.taskdata import CXR14_LABELS, TaskData
 

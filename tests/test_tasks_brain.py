@@ -19,11 +19,11 @@ from semantic_genesis.synthetic.brain_phantom import (
     render_subject,
     render_tissues,
 )
+from semantic_genesis.synthetic.brats import write_synthetic_brats
 from semantic_genesis.tasks.bms import (
     BMSSettings,
     prepare_bms,
     split_subjects,
-    write_synthetic_brats,
 )
 from semantic_genesis.tasks.taskdata import SPLITS, TaskData
 

@@ -9,16 +9,17 @@ from conftest import chest_like, write_volume
 from semantic_genesis.preprocess.ct import CTSettings, gather_manifests, preprocess_subset
 from semantic_genesis.preprocess.readers import InputError
 from semantic_genesis.synthetic.chest import SyntheticCTSettings, write_luna16
+from semantic_genesis.synthetic.lits import write_synthetic_lits
+from semantic_genesis.synthetic.ncs import write_synthetic_ncs
 from semantic_genesis.synthetic.phantom import PhantomSettings
 from semantic_genesis.tasks.lcs import (
     LCSSettings,
     prepare_lcs,
     proportional_splits,
     resize_nearest,
-    write_synthetic_lits,
 )
 from semantic_genesis.tasks.ncc import NCCSettings, crop_padded, prepare_ncc, read_candidates, world_to_index
-from semantic_genesis.tasks.ncs import NCSSettings, prepare_ncs, write_synthetic_ncs
+from semantic_genesis.tasks.ncs import NCSSettings, prepare_ncs
 from semantic_genesis.tasks.taskdata import TaskData
 
 PREPROCESS = CTSettings(min_slices=16, thumbnail_size=(8, 8, 8), chunk=(16, 16, 8))

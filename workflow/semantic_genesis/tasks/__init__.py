@@ -1,1 +1,2 @@
-"""Target tasks of the fine-tuning stage: readers of the public formats, synthetic counterparts, one common store."""
+"""Target tasks of the fine-tuning stage: a reader of each public format and one common store (their synthetic
+counterparts are written by synthetic/)."""

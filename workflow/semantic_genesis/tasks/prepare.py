@@ -1,4 +1,4 @@
-"""The entry points of the task rules: write a task's synthetic counterpart, or prepare any task's common file."""
+"""Entry point of rule task_data: any task's data, read from its public format into the common task file."""
 
 from __future__ import annotations
 
@@ -8,35 +8,15 @@ from pathlib import Path
 
 from ..preprocess.readers import NoUsableDataError
 from ..runtime.files import write_tsv
-from ..synthetic.brain_phantom import BrainSettings
-from .bms import BMSSettings, prepare_bms, write_synthetic_brats
+from .bms import BMSSettings, prepare_bms
 from .dxc import DXCSettings, prepare_dxc
-from .lcs import LCSSettings, prepare_lcs, write_synthetic_lits
+from .lcs import LCSSettings, prepare_lcs
 from .ncc import NCCSettings, prepare_ncc
-from .ncs import NCSSettings, prepare_ncs, write_synthetic_ncs
-from .pxs import PXSSettings, prepare_pxs, write_synthetic_siim
+from .ncs import NCSSettings, prepare_ncs
+from .pxs import PXSSettings, prepare_pxs
 from .taskdata import TaskData, task_montage
 
 log = logging.getLogger(__name__)
-SYNTHETIC_DATASETS = ("ncs", "lits", "brats", "siim")
-
-
-def write_synthetic(dataset: str, out_dir: Path | str, params: Mapping, inputs: Mapping) -> None:
-    """Write one synthetic target-task data set in its public format (params as in rules/tasks.smk)."""
-    if dataset == "ncs":
-        luna_root = Path(inputs["annotations"]).parent
-        write_synthetic_ncs(luna_root, out_dir, params["splits"], tuple(params["cube_size"]), params["seed"])
-        return
-    sizes = params["settings"]
-    if dataset == "lits":
-        write_synthetic_lits(out_dir, sizes["lits_volumes"], params["seed"], matrix=sizes["lits_matrix"])
-    elif dataset == "brats":
-        brain = BrainSettings(shape_xyz=tuple(sizes["brats_shape"]))
-        write_synthetic_brats(out_dir, sizes["brats_subjects"], params["seed"], brain)
-    elif dataset == "siim":
-        write_synthetic_siim(out_dir, sizes["siim_images"], params["seed"], size=sizes["siim_size"])
-    else:
-        raise ValueError(f"unknown synthetic data set {dataset!r}; expected one of {SYNTHETIC_DATASETS}")
 
 
 def prepare_task(
