@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import h5py
@@ -157,17 +158,18 @@ def patch_montage(h5_path: Path | str, out_png: Path | str, classes: int = 8, ne
     )
 
 
-def _patches(plan_tsv: Path | str, open_scan: Callable, cfg: dict, out_h5: Path | str, out_png: Path | str) -> None:
-    """Cut the planned crops (one scan in memory at a time) into one HDF5 file, and draw the class montage."""
-    settings = DiscoverySettings.from_dict(cfg)
-    plan = read_plan(plan_tsv)
-    extract_patches(
-        plan, open_scan, out_h5, settings, cfg["multi_resolution"], settings.seed, {"discovery": json.dumps(cfg)}
-    )
-    patch_montage(out_h5, out_png)
-
-
-def patches(dims: int, plan_tsv: Path | str, h5_files: list[str], cfg: dict, out_h5: Path | str, png: Path | str):
-    """The pseudo-labelled patches of one dimension."""
+def patches(
+    dims: int,
+    plan_tsv: Path | str,
+    h5_files: list[str],
+    settings: DiscoverySettings,
+    multi_resolution: bool,
+    out_h5: Path | str,
+    out_png: Path | str,
+) -> None:
+    """Entry point of rule patches: cut the planned crops of one dimension (one scan in memory at a time) into one
+    HDF5 file, and draw the class montage."""
     open_scan = ct_scans(h5_files) if dims == 3 else cxr_scans(h5_files[0])
-    _patches(plan_tsv, open_scan, cfg, out_h5, png)
+    record = {"discovery": json.dumps({**asdict(settings), "multi_resolution": multi_resolution})}
+    extract_patches(read_plan(plan_tsv), open_scan, out_h5, settings, multi_resolution, settings.seed, record)
+    patch_montage(out_h5, out_png)

@@ -295,14 +295,14 @@ def _plan(
     latents_h5: Path | str,
     open_scan: Callable,
     shapes: Callable[[list[str]], dict],
-    cfg: dict,
-    air_test: bool,
+    settings: DiscoverySettings,
     out_tsv: Path | str,
+    *,
+    air_test: bool,
 ) -> None:
     """Pick references, neighbours and crop coordinates from the latents; write the class table.
 
     `shapes(ids)` maps every id to its array shape."""
-    settings = DiscoverySettings.from_dict(cfg)
     latents, ids, splits = read_latents(latents_h5)
 
     def accept_factory(sid: str) -> Callable:
@@ -323,24 +323,24 @@ def _plan(
     )
 
 
-def plan_ct(latents_h5: Path | str, h5_files: list[str], cfg: dict, out_tsv: Path | str) -> None:
+def plan_ct(latents_h5: Path | str, h5_files: list[str], settings: DiscoverySettings, out_tsv: Path | str) -> None:
     """The 3D class table; coordinates must pass the air test on the reference."""
     open_scan = ct_scans(h5_files)
-    _plan(latents_h5, open_scan, lambda ids: scan_shapes(open_scan, ids), cfg, True, out_tsv)
+    _plan(latents_h5, open_scan, lambda ids: scan_shapes(open_scan, ids), settings, out_tsv, air_test=True)
 
 
-def plan_cxr(latents_h5: Path | str, images_h5: Path | str, cfg: dict, out_tsv: Path | str) -> None:
+def plan_cxr(latents_h5: Path | str, images_h5: Path | str, settings: DiscoverySettings, out_tsv: Path | str) -> None:
     """The 2D class table. No air test: the paper has none for X-rays, and most of a film is above its threshold.
 
     Every stored radiograph has the same size, so the shapes need no image reads."""
     with read_h5(images_h5) as h5:
         shape = h5["images"].shape[1:]
-    _plan(latents_h5, cxr_scans(images_h5), lambda ids: dict.fromkeys(ids, shape), cfg, False, out_tsv)
+    _plan(latents_h5, cxr_scans(images_h5), lambda ids: dict.fromkeys(ids, shape), settings, out_tsv, air_test=False)
 
 
-def plan(dims: int, latents_h5: Path | str, h5_files: list[str], cfg: dict, out_tsv: Path | str) -> None:
-    """The class table of one dimension."""
+def plan(dims: int, latents_h5: Path | str, h5_files: list[str], settings: DiscoverySettings, out_tsv: Path | str):
+    """Entry point of rule plan: the class table of one dimension."""
     if dims == 3:
-        plan_ct(latents_h5, h5_files, cfg, out_tsv)
+        plan_ct(latents_h5, h5_files, settings, out_tsv)
     else:
-        plan_cxr(latents_h5, h5_files[0], cfg, out_tsv)
+        plan_cxr(latents_h5, h5_files[0], settings, out_tsv)
