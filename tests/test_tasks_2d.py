@@ -9,10 +9,11 @@ import SimpleITK as sitk
 
 from semantic_genesis.preprocess.cxr import CXRSettings, preprocess_chestxray14
 from semantic_genesis.preprocess.readers import NoUsableDataError
+from semantic_genesis.resize import area_or_bilinear
 from semantic_genesis.synthetic.chest import SyntheticCXRSettings, write_chestxray14
 from semantic_genesis.synthetic.phantom import render_radiograph
 from semantic_genesis.synthetic.siim import synthetic_siim_patient, write_synthetic_siim
-from semantic_genesis.tasks.dxc import DXCSettings, finding_matrix, prepare_dxc, resize_image
+from semantic_genesis.tasks.dxc import DXCSettings, finding_matrix, prepare_dxc
 from semantic_genesis.tasks.pxs import (
     RLE_CSV,
     PXSSettings,
@@ -128,7 +129,7 @@ def test_prepare_dxc(chestxray14, size):
     stored = np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(root / "cxr" / "images" / ids["train"][0]))))
     expected = stored / 255.0 if size == 32 else (stored / 255.0).reshape(16, 2, 16, 2).mean(axis=(1, 3))
     np.testing.assert_allclose(image, expected, atol=2e-3)
-    assert resize_image(np.full((30, 30), 0.5), 224).shape == (224, 224)
+    assert area_or_bilinear(np.full((30, 30), 0.5), 224).shape == (224, 224)
 
 
 def test_prepare_dxc_rejects_unknown_images(chestxray14, tmp_path):

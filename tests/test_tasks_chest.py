@@ -8,6 +8,7 @@ from conftest import chest_like, write_volume
 
 from semantic_genesis.preprocess.ct import CTSettings, gather_manifests, preprocess_subset
 from semantic_genesis.preprocess.readers import InputError
+from semantic_genesis.resize import nearest_on_centres
 from semantic_genesis.synthetic.chest import SyntheticCTSettings, write_luna16
 from semantic_genesis.synthetic.lits import write_synthetic_lits
 from semantic_genesis.synthetic.ncs import write_synthetic_ncs
@@ -16,7 +17,6 @@ from semantic_genesis.tasks.lcs import (
     LCSSettings,
     prepare_lcs,
     proportional_splits,
-    resize_nearest,
 )
 from semantic_genesis.tasks.ncc import NCCSettings, crop_padded, prepare_ncc, read_candidates, world_to_index
 from semantic_genesis.tasks.ncs import NCSSettings, prepare_ncs
@@ -284,8 +284,8 @@ def test_lcs_orientation_tiling_masks_and_bad_files(tmp_path, caplog):
         np.testing.assert_array_equal(data.images("train")[()], data.images("val")[()])
         np.testing.assert_array_equal(data.targets("train"), data.targets("val"))
         masks = data.targets("train").reshape(2, 2, 2, 4, 8, 8).transpose(0, 3, 1, 4, 2, 5).reshape(8, 16, 16)
-        np.testing.assert_array_equal(masks, resize_nearest(seg >= 1, (8, 16, 16)))  # tumour counts as liver
-        assert not np.array_equal(masks, resize_nearest(seg == 1, (8, 16, 16)))
+        np.testing.assert_array_equal(masks, nearest_on_centres(seg >= 1, (8, 16, 16)))  # tumour counts as liver
+        assert not np.array_equal(masks, nearest_on_centres(seg == 1, (8, 16, 16)))
         images = data.images("train")[()].astype(np.float32)
         assert images.min() >= 0 and images.max() <= 1
 

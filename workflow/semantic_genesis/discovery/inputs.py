@@ -8,11 +8,10 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 from ..preprocess.ct import PreprocessedCT, load_thumbnails
 from ..preprocess.cxr import PreprocessedCXR
+from ..resize import area_2d
 from ..runtime.files import read_h5, read_tsv
 
 
@@ -27,8 +26,7 @@ def cxr_inputs(images_tsv: Path | str, images_h5: Path | str, size: int) -> tupl
     usable = manifest[manifest.status == "ok"].reset_index(drop=True)
     with PreprocessedCXR(images_h5) as store:
         images = np.stack([store.image(int(i)) for i in usable["index"]])
-    pooled = F.adaptive_avg_pool2d(torch.from_numpy(images)[:, None], (size, size))[:, 0]
-    return usable, pooled.numpy()
+    return usable, area_2d(images, size)
 
 
 def load_inputs(dims: int, manifest_tsv: Path | str, h5_files: list[str], input_size: int | None = None):

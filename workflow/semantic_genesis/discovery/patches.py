@@ -11,13 +11,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import __version__
 from ..plots import Cell, image_grid
 from ..preprocess.ct import box
+from ..resize import bilinear_in_plane
 from ..runtime.files import atomic_path, read_h5
 from .inputs import Scan, ct_scans, cxr_scans
 from .plan import DiscoverySettings, as_zyx, fit_inside, read_plan
@@ -34,12 +33,6 @@ LAYOUT = (
     "<split>/meta/<column>: scan id and where each patch was cut (start, in-plane size before resizing, "
     "resolution 0 = plain crop, scale = size_x / crop x)"
 )
-
-
-def resize_in_plane(crop: np.ndarray, size_yx: tuple[int, int]) -> np.ndarray:
-    """Resize every slice of a (z, y, x) crop to size_yx, anti-aliased when shrinking (the slice count is kept)."""
-    slices = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[:, None]
-    return F.interpolate(slices, size=size_yx, mode="bilinear", align_corners=False, antialias=True)[:, 0].numpy()
 
 
 def multi_resolution_regions(
@@ -124,7 +117,7 @@ def extract_patches(
                     index = box(begin, size)
                     crop = np.asarray(scan[index[-len(scan.shape) :]], np.float32).reshape(size)
                     if size != crop_zyx:
-                        crop = resize_in_plane(crop, crop_zyx[1:])
+                        crop = bilinear_in_plane(crop, crop_zyx[1:])
                     n = row.row * per_row[row.split] + resolution
                     groups[row.split]["patches"][n] = crop.reshape(patch_shape)
                     ids[row.split][n] = sid

@@ -30,9 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import InfeasibleError
-from ..networks.genesis import ARCHITECTURE_FILE, build_unet, count_parameters, load_pretrained
-from ..networks.unet2d import ResNetEncoder2D
-from ..networks.unet3d import Encoder3D
+from ..networks.genesis import ARCHITECTURE_FILE, build_encoder, build_unet, count_parameters, load_pretrained
 from ..plots import Panel, epoch_curves
 from ..runtime.files import atomic_path
 from ..runtime.provenance import any_synthetic
@@ -45,7 +43,6 @@ log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds"]
-ENCODERS: dict[int, type[nn.Module]] = {2: ResNetEncoder2D, 3: Encoder3D}
 # Splits up to this size (images, plus masks for segmentation) are read into memory once; larger ones batch by batch.
 MAX_IN_MEMORY_BYTES = 2 * 1024**3
 DICE_SMOOTH = 1.0
@@ -162,7 +159,7 @@ def build_model(settings: FinetuneSettings, pretrained: Path | str | None = None
             encoder = (
                 load_pretrained(pretrained, "encoder")
                 if pretrained is not None
-                else ENCODERS[spec.dims](settings.base_width)
+                else build_encoder(spec.dims, settings.base_width)
             )
             model = Classifier(encoder, len(spec.label_names), settings.head_width)
         else:

@@ -25,7 +25,7 @@ WEIGHTS_FILE = "weights.pt"
 ENCODER_FILE = "encoder.pt"
 ARCHITECTURE_FILE = "architecture.json"
 _UNETS: dict[int, type[nn.Module]] = {2: UNet2D, 3: UNet3D}
-_ENCODERS: dict[int, type[nn.Module]] = {2: ResNetEncoder2D, 3: Encoder3D}
+ENCODERS: dict[int, type[nn.Module]] = {2: ResNetEncoder2D, 3: Encoder3D}
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,13 @@ def build_unet(dims: int, base_width: int, out_channels: int = 1, activation: st
     if dims not in _UNETS:
         raise ValueError(f"dims must be 2 or 3, not {dims}")
     return _UNETS[dims](base_width, 1, out_channels, activation)
+
+
+def build_encoder(dims: int, base_width: int) -> nn.Module:
+    """The encoder alone: Encoder3D (dims 3) or ResNetEncoder2D (dims 2), as the U-Net of that dimension has it."""
+    if dims not in ENCODERS:
+        raise ValueError(f"dims must be 2 or 3, not {dims}")
+    return ENCODERS[dims](base_width)
 
 
 class GenesisNet(nn.Module):
@@ -138,7 +145,7 @@ def load_pretrained(path: Path | str, part: str = "encoder", map_location: str |
                 f"{weights} holds only encoder weights: load part 'encoder' from it, or part {part!r} from "
                 f"{folder / WEIGHTS_FILE}"
             )
-        module = _ENCODERS[settings.dims](settings.base_width)
+        module = build_encoder(settings.dims, settings.base_width)
         module.load_state_dict(state)
     else:
         net = GenesisNet(settings)

@@ -12,10 +12,10 @@ from typing import ClassVar
 import h5py
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from .. import __version__
+from ..resize import lanczos
 from ..runtime.files import atomic_path, read_h5, write_tsv
 from ..runtime.parallel import ordered_map
 from ..settings import Settings
@@ -75,12 +75,6 @@ def implausible_radiograph(image: np.ndarray) -> str | None:
     return None
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a [0, 1] float image to size x size with Lanczos filtering (anti-aliased when shrinking)."""
-    resized = Image.fromarray(image.astype(np.float32), mode="F").resize((size, size), Image.Resampling.LANCZOS)
-    return np.clip(np.asarray(resized), 0.0, 1.0)
-
-
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Quantise [0, 1] to 8 bits, the depth of ChestX-ray14's PNGs."""
     return np.rint(image * 255.0).astype(np.uint8)
@@ -91,7 +85,7 @@ def preprocess_radiograph(path: Path | str, settings: CXRSettings) -> tuple[np.n
     image = read_radiograph(path)
     if settings.check_plausible and (problem := implausible_radiograph(image)):
         raise InputError(path, f"{problem} (preprocess.cxr.check_plausible: false accepts it)")
-    return to_uint8(resize(image, settings.size)), (image.shape[1], image.shape[0])
+    return to_uint8(lanczos(image, settings.size)), (image.shape[1], image.shape[0])
 
 
 def _process(path: str, settings: CXRSettings) -> tuple[np.ndarray | str, tuple[int, int]]:

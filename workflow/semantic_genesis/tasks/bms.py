@@ -19,10 +19,10 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from scipy import ndimage
 from tqdm import tqdm
 
 from ..preprocess.readers import InputError, NoUsableDataError, read_volume
+from ..resize import spline_on_centres
 from ..settings import Settings
 from .taskdata import TaskWriter
 
@@ -165,14 +165,6 @@ def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.pad(array, pad) if any(p != (0, 0) for p in pad) else array
 
 
-def resize(array: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
-    """Resize to exactly `shape`, sampling at voxel centres (order 1: trilinear, 0: nearest)."""
-    zoom = [s / n for s, n in zip(shape, array.shape)]
-    out = ndimage.zoom(array, zoom, order=order, mode="nearest", grid_mode=True)
-    assert out.shape == tuple(shape), (out.shape, shape)
-    return out
-
-
 def subject_samples(
     image: np.ndarray, mask: np.ndarray, settings: BMSSettings, rng: np.random.Generator
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -184,8 +176,8 @@ def subject_samples(
     out = []
     for start in crop_starts(brain, mask, crop, settings.crops_per_subject, rng):
         box = tuple(slice(s, s + c) for s, c in zip(start, crop))
-        cube_image = np.clip(resize(image[box], cube, order=1), 0, 1)
-        cube_mask = resize(mask[box].astype(np.uint8), cube, order=0)
+        cube_image = np.clip(spline_on_centres(image[box], cube, order=1), 0, 1)
+        cube_mask = spline_on_centres(mask[box].astype(np.uint8), cube, order=0)
         out.append((cube_image, cube_mask))
     return out
 

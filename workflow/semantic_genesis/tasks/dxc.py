@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from ..preprocess.cxr import PreprocessedCXR
 from ..preprocess.readers import NoUsableDataError
+from ..resize import area_or_bilinear
 from ..runtime.files import read_tsv
 from ..settings import Settings
 from .taskdata import CXR14_LABELS, SPLITS, TaskWriter
@@ -46,29 +46,6 @@ def finding_matrix(finding_labels: pd.Series) -> np.ndarray:
     if len(empty):
         raise ValueError(f"Finding Labels is empty in {len(empty)} rows, e.g. row {empty[0]}; use {NO_FINDING!r}")
     return dummies.reindex(columns=list(CXR14_LABELS), fill_value=0).to_numpy(np.uint8)
-
-
-def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] weights averaging the input pixels each output pixel covers, by overlap length (exact area)."""
-    scale = n_in / n_out
-    lo = np.arange(n_out)[:, None] * scale
-    i = np.arange(n_in)[None, :]
-    overlap = np.clip(np.minimum(lo + scale, i + 1) - np.maximum(lo, i), 0, None)
-    return (overlap / scale).astype(np.float32)
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a [0, 1] float image to size x size: exact area averaging per axis when shrinking, bilinear otherwise."""
-    h, w = image.shape
-    if (h, w) == (size, size):
-        return image.astype(np.float32)
-    if h >= size and w >= size:
-        # Area averaging keeps every input pixel's weight, so thin structures are not aliased away.
-        out = _area_matrix(h, size) @ image.astype(np.float32) @ _area_matrix(w, size).T
-    else:
-        pil = Image.fromarray(image.astype(np.float32), mode="F")
-        out = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def prepare_dxc(
@@ -124,7 +101,7 @@ def prepare_dxc(
             for sample_id, position, target in tqdm(
                 zip(rows.id, rows["index"].astype(int), targets), total=len(rows), desc=f"DXC {split}", unit="image"
             ):
-                writer.add(split, resize_image(store.image(position), settings.size), target, sample_id)
+                writer.add(split, area_or_bilinear(store.image(position), settings.size), target, sample_id)
         counts = dict(writer.counts)
     log.info(
         "DXC: %s images at %dx%d, %d excluded; label prevalence %s",

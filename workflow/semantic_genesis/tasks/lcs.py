@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..preprocess.ct import reorient, to_unit, window_hu
 from ..preprocess.readers import InputError, NoUsableDataError, read_volume
+from ..resize import area_or_linear_axis, nearest_on_centres
 from ..settings import Settings
 from .taskdata import SPLITS, TaskWriter
 
@@ -78,34 +78,15 @@ def proportional_splits(count: int) -> dict[str, list[int]]:
 # ---- reader -------------------------------------------------------------------------------------------------------
 
 
-def _resize_axis(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
-    """Resize one axis: area averaging when shrinking (no aliasing), linear interpolation when growing."""
-    if t.shape[axis] == n:
-        return t
-    moved = t.movedim(axis, -1)
-    flat = moved.reshape(-1, 1, moved.shape[-1])
-    if n < flat.shape[-1]:
-        out = F.adaptive_avg_pool1d(flat, n)
-    else:
-        out = F.interpolate(flat, size=n, mode="linear", align_corners=False)
-    return out.reshape(*moved.shape[:-1], n).movedim(-1, axis)
-
-
 def resize_unit(hu: np.ndarray, size_zyx: tuple[int, int, int], window: tuple[int, int], slab: int = 16) -> np.ndarray:
     """Windowed HU -> [0, 1] float32 of size_zyx; in-plane first, slab by slab, so a 512x512 scan never goes float."""
     _, ny, nx = size_zyx
     planes = []
     for z in range(0, len(hu), slab):
         t = torch.from_numpy(to_unit(hu[z : z + slab], window))
-        planes.append(_resize_axis(_resize_axis(t, 1, ny), 2, nx))
-    out = _resize_axis(torch.cat(planes), 0, size_zyx[0]).numpy()
+        planes.append(area_or_linear_axis(area_or_linear_axis(t, 1, ny), 2, nx))
+    out = area_or_linear_axis(torch.cat(planes), 0, size_zyx[0]).numpy()
     return np.clip(out, 0.0, 1.0)
-
-
-def resize_nearest(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-    """Nearest-neighbour resize of a 2D or 3D mask on pixel / voxel centres (the same grid as resize_unit's)."""
-    index = [np.minimum(((np.arange(n) + 0.5) * s / n).astype(int), s - 1) for n, s in zip(size, mask.shape)]
-    return mask[np.ix_(*index)]
 
 
 def _pair(root: Path, n: int, volume: Path) -> Path:
@@ -132,7 +113,7 @@ def load_volume(volume: Path, segmentation: Path, settings: LCSSettings) -> tupl
         raise InputError(segmentation, "has no liver voxel (label >= 1)")
     size_zyx = tuple(settings.volume_size_xyz[::-1])
     unit = resize_unit(window_hu(sitk.GetArrayViewFromImage(image), settings.hu_window), size_zyx, settings.hu_window)
-    return unit, resize_nearest(liver, size_zyx).astype(np.uint8)
+    return unit, nearest_on_centres(liver, size_zyx).astype(np.uint8)
 
 
 def tiles(size_zyx: tuple[int, ...], cube_zyx: tuple[int, ...]) -> list[tuple[int, int, int]]:

@@ -27,11 +27,11 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from scipy import ndimage
 from tqdm import tqdm
 
 from ..preprocess.ct import reorient, to_unit, window_hu
 from ..preprocess.readers import InputError, NoUsableDataError, read_volume
+from ..resize import spline_on_centres
 from ..settings import Settings
 from .ncc import crop_padded
 from .taskdata import SPLITS, TaskWriter
@@ -67,8 +67,7 @@ def fit_to_size(array: np.ndarray, size_zyx: tuple[int, ...], fill, order: int |
     if array.shape == tuple(size_zyx):
         return array
     if order is not None:
-        zoom = np.asarray(size_zyx) / np.asarray(array.shape)
-        return ndimage.zoom(array, zoom, order=order, grid_mode=True, mode="nearest")
+        return spline_on_centres(array, tuple(size_zyx), order)
     start = (np.asarray(array.shape) - np.asarray(size_zyx)) // 2
     return crop_padded(array, start, tuple(size_zyx), fill)
 

@@ -20,10 +20,9 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from ..preprocess.readers import InputError, NoUsableDataError, read_radiograph
+from ..resize import area_or_bilinear, nearest_on_centres
 from ..runtime.parallel import ordered_map
 from ..settings import Settings
-from .dxc import resize_image
-from .lcs import resize_nearest
 from .taskdata import SPLITS, TaskWriter
 
 log = logging.getLogger(__name__)
@@ -171,7 +170,7 @@ def _load(item: tuple[str, tuple[int, int], pd.DataFrame], size: int) -> tuple[n
     if image.shape != shape:
         return f"pixel data of shape {image.shape} differs from the header's {shape}"
     mask = _decode_rows(rows, shape)  # already checked once, so it cannot fail here
-    return resize_image(image, size), resize_nearest(mask, (size, size)).astype(np.uint8), int(mask.sum())
+    return area_or_bilinear(image, size), nearest_on_centres(mask, (size, size)).astype(np.uint8), int(mask.sum())
 
 
 def prepare_pxs(
