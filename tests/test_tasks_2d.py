@@ -270,3 +270,15 @@ def test_a_task_without_validation_samples_fails_in_its_preparation(siim, tmp_pa
     with pytest.raises(NoUsableDataError, match=r"task pxs: no val samples in .*pxs\.h5 .*tasks\.pxs"):
         prepare_task("pxs", {"root": root}, settings, True, *out)
     assert not out[2].exists()
+
+
+def test_the_synthetic_siim_set_is_the_same_bytes_when_written_again(tmp_path):
+    """No wall-clock tag: GDCM would stamp the study date and time, so two runs of one seed would differ."""
+    import hashlib
+
+    digests = []
+    for name in ("a", "b"):
+        write_synthetic_siim(tmp_path / name, count=2, seed=5, size=32)
+        files = sorted((tmp_path / name).rglob("*.dcm"))
+        digests.append([(f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in files])
+    assert len(digests[0]) == 2 and digests[0] == digests[1]

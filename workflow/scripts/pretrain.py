@@ -13,12 +13,6 @@ with rule_logging(snakemake.log[0]), claim_gpus(snakemake.resources.get("gpu", 0
     # Worker count and threads choose hardware, not results, so they come from the config, not from params.
     execution = {"workers": snakemake.config["pretrain"]["workers"], "num_threads": snakemake.threads}
     settings = PretrainSettings.from_dict({**snakemake.params.settings, **execution})
-    pretrain(
-        snakemake.input.patches,
-        settings,
-        Path(snakemake.output.weights).parent,
-        restart_stale=True,
-        processes=max(1, len(gpus)),
-        log_path=snakemake.log[0],
-        sources=[data_record(snakemake.params.source, snakemake.input.manifest)],
-    )
+    sources = [data_record(snakemake.params.source, snakemake.input.manifest)]
+    run = dict(restart_stale=True, processes=max(1, len(gpus)), log_path=snakemake.log[0], sources=sources)
+    pretrain(snakemake.input.patches, settings, Path(snakemake.output.weights).parent, **run)

@@ -70,6 +70,10 @@ def _write_siim_image(item: tuple[int, bool], seed: int, size: int, root: Path) 
     tags = {
         "0008|0016": "1.2.840.10008.5.1.4.1.1.1",  # CR Image Storage
         "0008|0018": sop,
+        # SIIM's anonymised date and time; set, because GDCM writes the current ones otherwise and a rerun of the
+        # same seed would not write the same bytes.
+        "0008|0020": "19010101",
+        "0008|0030": "000000.00",
         "0008|0060": "CR",
         "0008|0064": "WSD",
         "0010|0010": patient,
