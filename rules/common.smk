@@ -169,12 +169,39 @@ def discovery_outputs(kind):
     return [f"{folder}/{name}" for name in files]
 
 
+def method_section(kind, method):
+    """The kind's pretraining section with the method's own overrides applied."""
+    section = {k: v for k, v in config["pretrain"][kind].items() if k != "method_overrides"}
+    return {**section, **config["pretrain"][kind]["method_overrides"].get(method, {})}
+
+
 def pretrain_settings(wildcards):
-    """Everything that decides a pretraining run's result: the kind's section, the method and the shared settings."""
-    shared = {k: config["pretrain"][k] for k in ("restoration_policy", "transforms", "device", "amp", "augment")}
-    return canonical(
-        {**config["pretrain"][wildcards.kind], **shared, "method": wildcards.method, "dims": dims(wildcards)}
+    """Everything that decides a pretraining run's result: the method's section, the method and the shared settings."""
+    keys = ("restoration_policy", "inpainting_loss", "self_classification_input", "transforms", "device", "amp")
+    shared = {k: config["pretrain"][k] for k in (*keys, "augment")}
+    section = method_section(wildcards.kind, wildcards.method)
+    return canonical({**section, **shared, "method": wildcards.method, "dims": dims(wildcards)})
+
+
+def pretrain_samples(wildcards):
+    """The method's training samples: the self-discovered patches or the random crops."""
+    name = (
+        "discovery/patches"
+        if method_section(wildcards.kind, wildcards.method)["data"] == "patches"
+        else "pretrain/random_cubes"
     )
+    return f"results/{wildcards.kind}/{name}.h5"
+
+
+# The self-discovery keys random crops share: a change of classes or neighbours must not redo them.
+RANDOM_CUBE_DISCOVERY_KEYS = ("crop_size", "margin_lo", "margin_hi", "air_threshold", "air_fraction")
+
+
+def random_cube_settings(wildcards):
+    """Crop counts and seed, with the kind's crop size, margins and air test."""
+    section = config["discovery"][wildcards.kind]
+    discovery = {k: section[k] for k in RANDOM_CUBE_DISCOVERY_KEYS if k in section}
+    return canonical({"cubes": config["pretrain"]["random_cubes"], "discovery": discovery})
 
 
 def pretrain_outputs(kind):

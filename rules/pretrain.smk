@@ -1,10 +1,34 @@
-# Pretraining on the self-discovered patches: one job per {kind} (ct = 3D, cxr = 2D) and {method}, plus a gallery of
-# the restoration transforms.
+# Pretraining: one job per {kind} (ct = 3D, cxr = 2D) and {method}, on the self-discovered patches or on random crops
+# (each method's `data`), plus a gallery of the restoration transforms.
+
+
+rule random_cubes:
+    input:
+        manifest=lambda wildcards: preprocessed(wildcards)["manifest"],
+        h5=lambda wildcards: preprocessed(wildcards)["h5"],
+    output:
+        "results/{kind}/pretrain/random_cubes.h5",
+    log:
+        f"{LOGS}/random_cubes/{{kind}}.log",
+    benchmark:
+        f"{BENCHMARKS}/random_cubes/{{kind}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        dims=dims,
+        settings=random_cube_settings,
+        code=code("random_cubes"),
+    script:
+        "../workflow/scripts/random_cubes.py"
 
 
 rule pretrain:
     input:
-        patches="results/{kind}/discovery/patches.h5",
+        patches=pretrain_samples,
         # The manifest's digest goes into architecture.json with the data source (provenance).
         manifest=lambda wildcards: preprocessed(wildcards)["manifest"],
     output:

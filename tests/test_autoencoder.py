@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import Interrupted, interrupt_after
+from conftest import REPO, Interrupted, interrupt_after
+from torch import nn
 
+from semantic_genesis.config import load_config
 from semantic_genesis.discovery.autoencoder import (
     Autoencoder,
     AutoencoderSettings,
@@ -48,13 +50,28 @@ def test_shapes_and_range(dims: int, skips: bool) -> None:
         recon, bottleneck, latent = model(x), model.encode(x), model.embed(x)
     assert recon.shape == x.shape
     assert recon.min() >= 0 and recon.max() <= 1
-    assert bottleneck.shape == (2, 4 * 2**3, *[s // 8 for s in SIZE[dims]])
+    assert bottleneck.shape == (2, 4 * 2**3, *[s // 4 for s in SIZE[dims]])  # 3 levels pool twice
     assert latent.shape == (2, model.latent_channels) == (2, 32)
 
 
 def test_rejects_indivisible_size() -> None:
     with pytest.raises(ValueError, match="divisible"):
-        Autoencoder(TINY_3D)(torch.zeros(1, 1, 12, 16, 16))
+        Autoencoder(TINY_3D)(torch.zeros(1, 1, 10, 16, 16))
+
+
+@pytest.mark.parametrize("name, size", [("paper_3d.yaml", (64, 128, 128)), ("paper_2d.yaml", (128, 128))])
+def test_paper_config_builds_the_authors_vnet(name: str, size: tuple[int, ...]) -> None:
+    """self_discovery/vnet3d.py, depth 4: convs (32, 64), (64, 128), (128, 256), (256, 512), three pools."""
+    config = load_config(REPO / "config" / name)
+    kind = "ct" if len(size) == 3 else "cxr"
+    settings = AutoencoderSettings.from_dict({**config["discovery"][kind]["autoencoder"], "dims": len(size)})
+    with torch.device("meta"):
+        model = Autoencoder(settings)
+        latent = model.encode(torch.zeros(1, 1, *size))
+    convs = [[m.out_channels for m in block.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))] for block in model.down]
+    assert convs == [[32, 64], [64, 128], [128, 256], [256, 512]]
+    assert latent.shape == (1, 512, *[s // 8 for s in size])  # 128x128x64 -> 512 x 16x16x8
+    assert model.latent_channels == 512
 
 
 def test_parameter_count_grows_with_width() -> None:

@@ -26,6 +26,73 @@ def test_paper_3d_uses_the_paper_sizes():
     assert config["preprocess"]["ct"]["spacing_mm"] is None
 
 
+def test_paper_3d_pins_the_papers_and_the_released_codes_values():
+    """Each value against the spec (shared/spec/SEMANTIC_GENESIS.md) or the authors' code (docs/fidelity.md)."""
+    c = load_config(REPO / "config" / "paper_3d.yaml")
+    ct = c["preprocess"]["ct"]
+    subsets = [f"subset{i}" for i in range(10)]
+    assert ct["splits"] == {"train": subsets[:5], "val": subsets[5:7], "test": subsets[7:]}
+    assert (ct["min_slices"], ct["hu_window"], ct["spacing_mm"], ct["thumbnail_size"]) == (
+        96,
+        [-1000, 1000],
+        None,
+        [128, 128, 64],
+    )
+    d = c["discovery"]["ct"]
+    assert (d["classes"], d["k"], d["val_neighbours"], d["crop_size"], d["min_distance"]) == (
+        44,
+        200,
+        30,
+        [64, 64, 32],
+        5,
+    )
+    assert (d["air_threshold"], d["air_fraction"], d["multi_resolution"], d["selection"]) == (
+        0.425,
+        0.15,
+        True,
+        "paper",
+    )
+    ae = d["autoencoder"]
+    assert (ae["base_width"], ae["levels"], ae["skips"], ae["lr"]) == (32, 4, False, 0.001)
+    assert (ae["plateau_factor"], ae["plateau_patience"], ae["early_stopping_patience"]) == (0.5, 20, 50)
+    pre = c["pretrain"]["ct"]
+    assert (pre["base_width"], pre["head_width"], pre["lambda_rec"], pre["lambda_cls"]) == (32, 1024, 1.0, 0.01)
+    assert (pre["optimizer"], pre["lr"], pre["batch_size"], pre["schedule"], pre["plateau_patience"]) == (
+        "adam",
+        0.001,
+        8,
+        "plateau",
+        20,
+    )  # the released Keras train.py
+    assert (pre["early_stopping_patience"], pre["decay_factor"], pre["data"]) == (50, 0.5, "patches")
+    assert pre["method_overrides"]["models_genesis"] == {
+        "data": "random_cubes", "optimizer": "sgd", "lr": 1.0, "momentum": 0.9, "batch_size": 6, "schedule": "step"
+    }  # fmt: skip
+    assert pre["step_size"] == 40 and c["pretrain"]["random_cubes"]["per_scan"] == 32  # int(0.8 * 50); scale 32
+    assert c["pretrain"]["restoration_policy"] == "models_genesis"
+    tasks, fine = c["tasks"], c["finetune"]
+    assert tasks["lcs"]["splits"] == {"train": [0, 99], "val": [100, 114], "test": [115, 129]}
+    assert tasks["bms"]["crop_size"] == [100, 100, 50] and tasks["ncc"]["cube_size"] == [64, 64, 32]
+    assert all(tasks[t]["cube_size"] == [64, 64, 32] for t in ("ncc", "ncs", "lcs", "bms"))
+    expected = {"ncc": (1e-3, 24, 10), "ncs": (1e-3, 16, 50), "lcs": (1e-2, 16, 20), "bms": (1e-3, 16, 30)}
+    for task, (lr, batch, patience) in expected.items():
+        assert (fine[task]["lr"], fine[task]["batch_size"], fine[task]["early_stopping_patience"]) == (
+            lr,
+            batch,
+            patience,
+        )
+        assert fine[task]["plateau_patience"] == 6
+
+
+def test_paper_2d_pins_the_papers_values():
+    c = load_config(REPO / "config" / "paper_2d.yaml")
+    d = c["discovery"]["cxr"]
+    assert (d["classes"], d["k"], d["selection"]) == (100, 1000, "paper")  # C = 100, K = 1000 in 2D
+    pre = c["pretrain"]["cxr"]
+    assert (pre["base_width"], pre["lambda_rec"], pre["lambda_cls"], pre["lr"]) == (64, 1.0, 0.01, 0.001)
+    assert c["finetune"]["tasks"] == ["dxc", "pxs"]
+
+
 def test_default_config_file_equals_schema_defaults():
     """config.yaml and the schema's defaults must not drift apart."""
     assert load_config(REPO / "config" / "config.yaml") == validate_config({})
@@ -53,6 +120,15 @@ def test_wrong_type_names_the_key():
         ({"preprocess": {"ct": {"orientation": "LLS"}}}, "preprocess.ct.orientation"),
         ({"preprocess": {"ct": {"compression": "zip"}}}, "preprocess.ct.compression"),
         ({"discovery": {"ct": {"crop_size": [32, 32, 12]}}}, "discovery.ct.crop_size"),
+        ({"preprocess": {"ct": {"thumbnail_size": [64, 64, 36]}}}, "preprocess.ct.thumbnail_size"),
+        ({"discovery": {"cxr": {"input_size": 60}}}, "discovery.cxr.input_size"),
+        ({"pretrain": {"ct": {"data": "random_cubes"}}}, "pretrain.ct.data"),
+        (
+            {"pretrain": {"cxr": {"method_overrides": {"semantic_genesis": {"data": "random_cubes"}}}}},
+            "pretrain.cxr.method_overrides.semantic_genesis.data",
+        ),
+        ({"pretrain": {"ct": {"method_overrides": {"models_genesis": {"optimiser": "sgd"}}}}}, "optimiser"),
+        ({"pretrain": {"ct": {"method_overrides": {"genesis": {"lr": 1.0}}}}}, "genesis"),
         ({"pretrain": {"methods": ["models_genesis"]}}, "finetune.methods"),
         ({"tasks": {"ncc": {"cube_size": [30, 32, 16]}}}, "tasks.ncc.cube_size"),
         ({"tasks": {"pxs": {"size": 100}}}, "tasks.pxs.size"),
@@ -86,9 +162,11 @@ def test_method_names_are_defined_once_and_everything_else_agrees():
     from semantic_genesis.tables.build import METHOD_COLOURS, METHOD_ORDER
     from semantic_genesis.tables.published import METHOD_LABELS
 
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]
+    whole = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    schema = whole["properties"]
     pretrain, finetune = schema["pretrain"]["properties"]["methods"], schema["finetune"]["properties"]["methods"]
-    assert pretrain["items"]["enum"] == pretrain["default"] == list(METHODS)
+    assert pretrain["items"] == {"$ref": "#/$defs/method"}
+    assert whole["$defs"]["method"]["enum"] == pretrain["default"] == list(METHODS)
     assert finetune["items"]["enum"] == finetune["default"] == ["scratch", *METHODS]
     assert set(METHOD_ORDER) == set(METHOD_COLOURS) == {"scratch", *METHODS}
     assert {"scratch", *METHODS} <= set(METHOD_LABELS)

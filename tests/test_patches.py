@@ -89,6 +89,20 @@ def test_multi_resolution_regions_stay_inside():
             assert all(b + s <= n for b, s, n in zip(start, size, (8, 64, 64)))
 
 
+def test_multi_resolution_regions_are_anchored_at_the_corner_as_the_authors():
+    """pattern_generator_3D.py: corner (x + dx, y + dy), dx, dy in [-10, 9], side in [50, 79], redrawn until inside."""
+    rng = np.random.default_rng(1)
+    shifts, sides = [], []
+    for _ in range(200):
+        for start, size in multi_resolution_regions((4, 100, 120), (40, 300, 300), (32, 64, 64), rng):
+            shifts.append((start[1] - 100, start[2] - 120))
+            sides.append(size[1])
+            assert start[0] == 4 and size[1] == size[2]
+    shifts = np.array(shifts)
+    assert shifts.min() == -10 and shifts.max() == 9 and min(sides) == 50 and max(sides) == 79
+    assert abs(shifts.mean() + 0.5) < 0.5  # no pull towards a centre: the shift is the corner's
+
+
 def test_same_seed_same_file(tmp_path):
     scans, splits, latents = volumes()
     plan = make_plan(scans, splits, latents)

@@ -65,10 +65,11 @@ def test_thumbnail_is_area_average():
     np.testing.assert_allclose(thumb[1], 0.5)
 
 
-def test_too_few_slices(tmp_path):
+def test_too_few_slices_keeps_the_scan_for_the_target_tasks_only(tmp_path):
     path = write_volume(tmp_path / "thin.mhd", chest_like((20, 48, 48)))
-    with pytest.raises(InputError, match="has 20 slices, fewer than min_slices = 96"):
-        preprocess_scan(path, CTSettings())
+    scan = preprocess_scan(path, CTSettings())
+    assert scan.not_for_pretraining == "has 20 slices, fewer than min_slices = 96" and scan.hu.shape == (20, 48, 48)
+    assert preprocess_scan(path, CTSettings(min_slices=20)).not_for_pretraining is None
 
 
 def _subset(tmp_path, settings=SMALL, **kwargs):
@@ -94,13 +95,14 @@ def test_subset_stores_good_scans_and_records_bad_ones(tmp_path, workers):
     assert status == {
         "good0": "ok",
         "good1": "ok",
-        "thin": "excluded",
+        "thin": "tasks_only",
         "trunc": "excluded",
         "flat": "excluded",
         "nans": "excluded",
     }
     reasons = dict(zip(manifest.id, manifest.reason))
-    assert "10 slices" in reasons["thin"] and "truncated" in reasons["trunc"]
+    assert reasons["thin"] == "has 10 slices, fewer than min_slices = 16: kept for the target tasks, not pretraining"
+    assert "truncated" in reasons["trunc"]
     assert "2D image" in reasons["flat"] and "NaN" in reasons["nans"]
     assert manifest.shape[0] == 6 and manifest.loc[0, "shape"] == "48x48x40"
     assert manifest.loc[0, "spacing"] == "0.800x0.800x2.500"
@@ -110,7 +112,7 @@ def test_subset_stores_good_scans_and_records_bad_ones(tmp_path, workers):
         check_dtype=False,
     )
     with PreprocessedCT(out_h5) as store:
-        assert store.ids == ["good0", "good1"]
+        assert store.ids == ["good0", "good1", "thin"]  # a thin scan is still a valid NCC scan
         expected = to_unit(np.clip(chest_like(seed=1), -1000, 1000), (-1000, 1000))
         np.testing.assert_array_equal(store.volume("good1"), expected)
         np.testing.assert_array_equal(store.crop("good1", (3, 4, 5), (8, 16, 16)), expected[3:11, 4:20, 5:21])
@@ -121,7 +123,7 @@ def test_subset_stores_good_scans_and_records_bad_ones(tmp_path, workers):
 
 
 def test_strict_mode_fails_and_leaves_no_artifact(tmp_path):
-    with pytest.raises(InputError, match=r"thin\.mhd: has 10 slices.*strict"):
+    with pytest.raises(InputError, match=r"trunc\.mhd: .*truncated.*strict"):
         _subset(tmp_path, strict=True)
     assert not list((tmp_path / "out").iterdir())
 
@@ -151,6 +153,17 @@ def test_gather_excludes_repeated_ids(tmp_path):
     assert manifest.status.tolist() == ["ok", "excluded", "excluded", "ok"]
     assert manifest.reason[2] == "duplicate id, already in subset subset0"
     assert (tmp_path / "scans.tsv").exists()
+
+
+def test_gather_counts_tasks_only_scans_for_repeats_but_not_as_usable(tmp_path):
+    thin = ["x", "subset0", "train", "p", "tasks_only", "has 20 slices", "1x1x1", "1x1x1"]
+    a = _manifest(tmp_path / "a.tsv", [thin, ["y", "subset0", "train", "p", "ok", "", "1x1x1", "1x1x1"]])
+    b = _manifest(tmp_path / "b.tsv", [["x", "subset5", "val", "q", "ok", "", "1x1x1", "1x1x1"]])
+    manifest = gather_manifests([a, b], tmp_path / "scans.tsv")
+    assert manifest.status.tolist() == ["tasks_only", "ok", "excluded"]
+    only_thin = _manifest(tmp_path / "c.tsv", [thin])
+    with pytest.raises(NoUsableDataError, match="no usable CT scan remains out of 1"):
+        gather_manifests([only_thin], tmp_path / "thin.tsv")
 
 
 def test_gather_fails_when_nothing_is_usable(tmp_path):

@@ -11,7 +11,16 @@ from conftest import Interrupted, interrupt_after
 
 from semantic_genesis.methods import METHODS
 from semantic_genesis.networks.genesis import Encoder3D, load_pretrained
-from semantic_genesis.pretrain.trainer import PatchDataset, PretrainSettings, pretrain, transform_gallery
+from semantic_genesis.pretrain import transforms as T
+from semantic_genesis.pretrain.trainer import (
+    PatchDataset,
+    Pretrainer,
+    PretrainSettings,
+    collate,
+    pretrain,
+    restoration_loss,
+    transform_gallery,
+)
 from semantic_genesis.pretrain.transforms import TransformSettings
 from semantic_genesis.runtime import training
 
@@ -207,3 +216,42 @@ def test_transform_gallery_shows_every_transform(patches_3d, tmp_path):
     out = tmp_path / "gallery.png"
     transform_gallery(patches_3d, out, "models_genesis", TRANSFORMS)
     assert out.stat().st_size > 10_000
+
+
+def test_masked_loss_is_the_mse_over_the_in_painted_voxels_only():
+    restored, target = torch.rand(2, 1, 4, 6, 6), torch.rand(2, 1, 4, 6, 6)
+    mask = torch.zeros(2, 1, 4, 6, 6, dtype=torch.bool)
+    mask[0, :, 1:3, 2:5, 0:2] = True
+    mask[1, :, 0, 0, 0] = True
+    squared = (restored - target) ** 2
+    assert torch.allclose(restoration_loss(restored, target, mask), squared[mask].mean())
+    assert torch.allclose(restoration_loss(restored, target, None), squared.mean())
+
+
+@pytest.mark.parametrize("augment", ["workers", "device"])
+def test_inpainting_loss_covers_the_in_painted_blocks_unless_full(patches_3d, augment, tmp_path):
+    for loss in ("masked", "full"):
+        run = Pretrainer(patches_3d, settings("inpainting", inpainting_loss=loss, augment=augment))
+        batch = collate([run.data["val"][(0, i)] for i in range(4)])
+        _, rec, _, _, restored = run.losses(batch, run.model)
+        _, targets, _ = run.inputs(batch)
+        masks = np.stack([T.restoration_mask(plan, targets.shape[2:]) for plan in batch["plans"]])[:, None]
+        squared = (restored.detach().float() - targets) ** 2
+        want = squared[torch.from_numpy(masks)].mean() if loss == "masked" else squared.mean()
+        assert masks.any(axis=(1, 2, 3, 4)).all() and not masks.all()
+        torch.testing.assert_close(rec, want)
+    history = pretrain(patches_3d, settings("inpainting", max_epochs=1, augment=augment), tmp_path)
+    assert np.isfinite(history.train_rec).all() and np.isfinite(history.val_rec).all()
+    with pytest.raises(ValueError, match="inpainting_loss"):
+        settings("inpainting", inpainting_loss="blocks")
+
+
+def test_self_classification_sees_the_patch_or_the_transformed_patch():
+    assert settings("self_classification").policy == "identity"
+    transformed = settings("self_classification", self_classification_input="transformed")
+    assert transformed.policy == "models_genesis"
+    assert (
+        settings("self_classification", self_classification_input="transformed", restoration_policy="released").policy
+        == "released"
+    )
+    assert settings("semantic_genesis", self_classification_input="transformed").policy == "models_genesis"

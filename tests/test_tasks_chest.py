@@ -123,6 +123,30 @@ def test_ncc_cubes_centre_splits_and_negative_ratio(tmp_path, caplog):
     assert (index[index.label == 0].groupby("split").size() == 7).all()
 
 
+def test_a_scan_too_thin_for_pretraining_is_still_an_ncc_scan(tmp_path):
+    hu = chest_like((10, 48, 48))  # below PREPROCESS.min_slices = 16
+    hu[5, 17, 29] = 1000
+    paths = [
+        write_volume(tmp_path / "luna" / "thin.mhd", hu),
+        write_volume(tmp_path / "luna" / "full.mhd", chest_like()),
+    ]
+    h5, tsv = tmp_path / "subset0.h5", tmp_path / "subset0.tsv"
+    manifest = preprocess_subset([str(p) for p in paths], "subset0", "train", PREPROCESS, h5, tsv)
+    assert manifest.set_index("id").status.to_dict() == {"thin": "tasks_only", "full": "ok"}
+    gather_manifests([str(tsv)], tmp_path / "scans.tsv")
+    image = sitk.ReadImage(str(paths[0]))
+    x, y, z = image.TransformIndexToPhysicalPoint((29, 17, 5))
+    csv = tmp_path / "candidates.csv"
+    rows = [dict(seriesuid="thin", coordX=x, coordY=y, coordZ=z, **{"class": 1})]
+    rows += [dict(seriesuid=uid, coordX=x, coordY=y, coordZ=z + 10, **{"class": 0}) for uid in ("thin", "full")]
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    settings = NCCSettings(cube_size_xyz=(16, 12, 8), negatives_per_positive=0)
+    index = prepare_ncc(csv, tmp_path / "scans.tsv", [h5], tmp_path / "ncc.h5", settings, synthetic=False)
+    assert sorted(index.seriesuid) == ["full", "thin", "thin"] and index[index.label == 1].seriesuid.tolist() == [
+        "thin"
+    ]
+
+
 def test_crop_padded_fills_outside():
     data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
     cube = crop_padded(data, np.array([-1, 3, 4]), (3, 4, 4), fill=-7)

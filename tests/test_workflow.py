@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pandas as pd
 import pytest
 import yaml
@@ -123,9 +124,10 @@ def test_changing_the_class_count_reruns_only_plan_and_patches(workdir, tmp_path
     config = write_config(tmp_path / "changed.yaml", changed)
     result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
     planned = planned_jobs(result.stdout + result.stderr)
-    pretraining = {"pretrain": len(METHODS), "transform_gallery": 1, "pretrain_3d": 1}
-    # Every 3D fine-tuning run from pretrained weights follows; scratch runs, task data and 2D do not.
-    downstream = {"finetune": len(TASKS_3D) * len(FINETUNED) * RUNS, "tables": 1, "all": 1}
+    # models_genesis trains on random cubes here, which do not depend on the classes: it is not redone.
+    pretraining = {"pretrain": len(METHODS) - 1, "transform_gallery": 1, "pretrain_3d": 1}
+    # Every 3D fine-tuning run from those weights follows; scratch runs, task data and 2D do not.
+    downstream = {"finetune": len(TASKS_3D) * (len(FINETUNED) - 1) * RUNS, "tables": 1, "all": 1}
     assert planned == {
         "plan": 1,
         "patches": 1,
@@ -155,6 +157,16 @@ def test_pretraining_builds_every_method_of_both_kinds(workdir):
             encoder = load_pretrained(folder / method, part="encoder")
             assert encoder.out_channels == (16 if dims == 3 else 8) * 2
             assert (workdir / f"results/logs/pretrain/{kind}/{method}.log").read_text().count("epoch") >= 2
+            random = kind == "ct" and method == "models_genesis"  # the tiny config's override
+            settings = architecture["extra"]["settings"]
+            assert (settings["data"], settings["optimizer"]) == (
+                ("random_cubes", "sgd") if random else ("patches", "adam")
+            )
+            assert architecture["extra"]["patches"].endswith("random_cubes.h5" if random else "patches.h5")
+    with h5py.File(workdir / "results/ct/pretrain/random_cubes.h5") as h5:
+        assert h5["train/patches"].shape[1:] == tuple(reversed(TINY["discovery"]["ct"]["crop_size"]))
+        assert 0 < len(h5["train/patches"]) <= 4 * len(set(h5["train/meta/id"].asstr()[()]))
+        assert (h5["train/labels"][()] == -1).all()
 
 
 def test_a_pretraining_job_with_two_gpus_trains_on_two_processes(workdir, tmp_path):
@@ -182,7 +194,9 @@ def test_a_pretraining_setting_reruns_only_that_pretraining(workdir, tmp_path):
     result = snakemake(workdir, "--configfile", config, "-n", *TARGETS)
     planned = planned_jobs(result.stdout + result.stderr)
     finetuning = len(TASKS_3D) * len(FINETUNED) * RUNS
-    expected = {"pretrain": len(METHODS), "pretrain_3d": 1, "finetune": finetuning, "tables": 1, "all": 1}
+    # models_genesis keeps the lr of its method_overrides: one pretraining fewer.
+    expected = {"pretrain": len(METHODS) - 1, "pretrain_3d": 1, "finetune": finetuning - len(TASKS_3D) * RUNS}
+    expected |= {"tables": 1, "all": 1}
     assert planned == {**expected, "total": sum(expected.values())}
     # Worker processes choose hardware, not results: changing them reruns nothing.
     changed["pretrain"]["ct"]["lr"] = TINY["pretrain"]["ct"].get("lr", 0.001)
@@ -276,7 +290,7 @@ def test_real_data_folders_with_bad_files(tmp_path):
     )
     assert "configured CT subset 'subset5' has no data" in result.stderr
     scans = pd.read_csv(tmp_path / "results/ct/scans.tsv", sep="\t", keep_default_na=False).set_index("id")
-    assert scans.status.to_dict() == {"CTChest4": "ok", "trunc": "excluded", "apart": "ok", "thin": "excluded"}
+    assert scans.status.to_dict() == {"CTChest4": "ok", "trunc": "excluded", "apart": "ok", "thin": "tasks_only"}
     assert scans.loc["CTChest4", "shape"] == "128x128x34"
     assert "truncated" in scans.loc["trunc", "reason"] and "8 slices" in scans.loc["thin", "reason"]
     log = (tmp_path / "results/logs/preprocess_ct/subset0.log").read_text()
@@ -311,7 +325,8 @@ def test_strict_mode_fails_the_run_without_artifacts(tmp_path):
 
     ct = tmp_path / "ct"
     write_volume(ct / "subset0" / "good.nrrd", chest_like((30, 48, 48)))
-    write_volume(ct / "subset0" / "thin.nrrd", chest_like((8, 48, 48)))
+    write_volume(ct / "subset0" / "thin.nrrd", chest_like((8, 48, 48)))  # kept for the tasks: not a failure
+    (write_volume(ct / "subset0" / "trunc.mhd", chest_like((30, 48, 48))).with_suffix(".raw")).write_bytes(b"\0" * 99)
     config = {
         "data": {"ct_root": str(ct)},
         "preprocess": {
@@ -334,7 +349,7 @@ def test_strict_mode_fails_the_run_without_artifacts(tmp_path):
         check=False,
     )
     assert result.returncode != 0
-    assert "thin.nrrd: has 8 slices, fewer than min_slices = 20 (preprocess.strict is true)" in result.stderr
+    assert "trunc.mhd: " in result.stderr and "(preprocess.strict is true)" in result.stderr
     assert not list((tmp_path / "results/ct").rglob("*.h5")) and not (tmp_path / "results/ct/scans.tsv").exists()
 
 
@@ -357,6 +372,8 @@ def test_tables_report_synthetic_results_beside_the_paper(workdir):
     comparison = (tables / "comparison_3d.md").read_text()
     assert "SYNTHETIC" in comparison and "98.46" in comparison  # the paper's Semantic Genesis NCC AUC
     assert "NiftyNet" in comparison and "†" in comparison  # published-only rows, marked
+    assert "Models Genesis: random cubes, SGD (lr 0.01, momentum 0.9, batch 2)" in comparison
+    assert "Semantic Genesis: self-discovered patches, Adam (lr 0.001, batch 2)" in comparison
     frame = pd.read_csv(tables / "comparison_3d.csv")
     assert len(frame) >= INITS
     assert "\\begin{tabular}" in (tables / "adding_semantics.tex").read_text()

@@ -1,4 +1,4 @@
-"""Rule pretrain: one pretraining method on one kind's patches (resumes after an interruption).
+"""Rule pretrain: one pretraining method on its samples, patches or random crops (resumes after an interruption).
 
 The rule's gpu resource picks the GPUs (several: one torchrun process each, DistributedDataParallel)."""
 

@@ -10,6 +10,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .methods import METHODS
+
 # config/schema.yaml, reached through the package's link to it: an installed (non-editable) package carries a copy.
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 
@@ -93,6 +95,18 @@ def _check_consistency(config: dict) -> None:
             f"config key 'finetune.methods': {missing} start from pretrained weights, so they must be in "
             "pretrain.methods"
         )
+    for kind in ("ct", "cxr"):
+        section = config["pretrain"][kind]
+        for method in config["pretrain"]["methods"]:
+            override = section["method_overrides"].get(method, {})
+            if METHODS[method].classification and override.get("data", section["data"]) == "random_cubes":
+                key = (
+                    f"pretrain.{kind}.method_overrides.{method}.data" if "data" in override else f"pretrain.{kind}.data"
+                )
+                raise ConfigError(
+                    f"config key '{key}': {method} trains a classification head, which needs the labelled "
+                    "self-discovered patches ('patches'), not random_cubes"
+                )
     tasks = config["tasks"]
     for name in ("ncc", "ncs", "lcs", "bms"):
         if any(side % 8 for side in tasks[name]["cube_size"]):
@@ -105,6 +119,16 @@ def _check_consistency(config: dict) -> None:
         raise ConfigError(f"config key 'tasks.lcs.volume_size': {volume} must be a multiple of cube_size {cube}")
     for split, pair in tasks["lcs"]["splits"].items():
         ordered(f"tasks.lcs.splits.{split}", pair)
+    # The autoencoder pools levels - 1 times: its inputs must divide evenly, checked before preprocessing runs.
+    inputs = {"ct": ("preprocess.ct.thumbnail_size", config["preprocess"]["ct"]["thumbnail_size"])}
+    inputs["cxr"] = ("discovery.cxr.input_size", [config["discovery"]["cxr"]["input_size"]] * 2)
+    for kind, (key, sides) in inputs.items():
+        divisor = 2 ** (config["discovery"][kind]["autoencoder"]["levels"] - 1)
+        if any(side % divisor for side in sides):
+            raise ConfigError(
+                f"config key '{key}': {sides} must be divisible by {divisor} on every axis: the autoencoder pools "
+                f"discovery.{kind}.autoencoder.levels - 1 times"
+            )
     # The 3D U-Net pools three times, the 2D ResNet-18 encoder halves five times: patches must divide evenly.
     for kind, divisor, network in (("ct", 8, "3D U-Net"), ("cxr", 32, "2D ResNet-18 U-Net")):
         crop = config["discovery"][kind]["crop_size"]

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..networks.unet3d import double_conv, layers
 from ..plots import Cell, Panel, epoch_curves, image_grid
 from ..runtime.files import atomic_path
 from ..runtime.training import (
@@ -40,10 +41,13 @@ RESUMABLE_CHANGES = {"max_epochs", "num_threads"}
 class AutoencoderSettings(Settings):
     """Architecture and training settings of the self-discovery autoencoder.
 
-    Widths: encoder level i (i = 0 .. levels-1) has two convs of base_width * 2**i channels followed by a max-pool 2;
-    the bottleneck has two convs of base_width * 2**levels channels and no pool. The paper's network is base_width=32,
-    levels=4: 32, 64, 128, 256, then a 512-channel bottleneck at 1/16 of the input size, so every spatial input size
-    must be divisible by 2**levels. The decoder mirrors the encoder: nearest upsampling 2 and two convs per level.
+    The authors' V-Net without skips (`self_discovery/vnet3d.py`, depth 4): level i (i = 0 .. levels-1) has two convs
+    of base_width * 2**i and base_width * 2**(i+1) channels, with a max-pool 2 between levels (levels - 1 pools); the
+    latent is the last level's output, base_width * 2**levels channels at 1 / 2**(levels-1) of the input. The paper's
+    network is base_width=32, levels=4: convs (32, 64), (64, 128), (128, 256), (256, 512); a 128x128x64 scan gives a
+    512 x 16x16x8 map, averaged to the 512-long embedding. Every spatial input size must be divisible by
+    2**(levels-1). The decoder, as theirs: per level back up, nearest upsampling 2 and two convs of that level's output
+    width, then a 1x1 conv and a sigmoid; `skips` concatenates the level's output (the authors left that out).
     A plateau or early-stopping "improvement" is a relative decrease of more than min_improvement in the monitored loss.
     """
 
@@ -70,19 +74,6 @@ class AutoencoderSettings(Settings):
             raise ValueError("levels, base_width and batch_size must be positive")
 
 
-def _double_conv(dims: int, in_channels: int, out_channels: int) -> nn.Sequential:
-    """Two (conv 3 + batch norm + ReLU) blocks."""
-    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
-    return nn.Sequential(
-        conv(in_channels, out_channels, 3, padding=1, bias=False),
-        norm(out_channels),
-        nn.ReLU(inplace=True),
-        conv(out_channels, out_channels, 3, padding=1, bias=False),
-        norm(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
 class Autoencoder(nn.Module):
     """Convolutional autoencoder for 2D or 3D single-channel images in [0, 1], optionally with U-Net skips."""
 
@@ -91,13 +82,14 @@ class Autoencoder(nn.Module):
         self.settings = settings
         dims, levels = settings.dims, settings.levels
         widths = [settings.base_width * 2**i for i in range(levels + 1)]
-        self.down = nn.ModuleList(_double_conv(dims, ([1] + widths)[i], widths[i]) for i in range(levels))
-        self.bottleneck = _double_conv(dims, widths[levels - 1], widths[levels])
-        self.up = nn.ModuleList(
-            _double_conv(dims, widths[i + 1] + (widths[i] if settings.skips else 0), widths[i])
-            for i in reversed(range(levels))
+        self.down = nn.ModuleList(
+            double_conv(dims, widths[i] if i else 1, widths[i], widths[i + 1]) for i in range(levels)
         )
-        self.head = (nn.Conv2d if dims == 2 else nn.Conv3d)(widths[0], 1, 1)
+        self.up = nn.ModuleList(
+            double_conv(dims, widths[i + 2] + (widths[i + 1] if settings.skips else 0), widths[i + 1], widths[i + 1])
+            for i in reversed(range(levels - 1))
+        )
+        self.head = layers(dims)[0](widths[1], 1, 1)
         self.pool = F.max_pool2d if dims == 2 else F.max_pool3d
 
     @property
@@ -105,30 +97,33 @@ class Autoencoder(nn.Module):
         """Length of the embedding returned by embed."""
         return self.settings.base_width * 2**self.settings.levels
 
+    @property
+    def divisor(self) -> int:
+        """What every spatial input size must be divisible by: 2 per pool."""
+        return 2 ** (self.settings.levels - 1)
+
     def _check(self, x: torch.Tensor) -> None:
         """Reject inputs the pooling pyramid cannot reproduce exactly."""
-        factor = 2**self.settings.levels
         if x.ndim != self.settings.dims + 2 or x.shape[1] != 1:
             raise ValueError(f"expected (N, 1, {'D, ' if self.settings.dims == 3 else ''}H, W), got {tuple(x.shape)}")
-        if any(s % factor for s in x.shape[2:]):
-            raise ValueError(f"spatial size {tuple(x.shape[2:])} is not divisible by 2**levels = {factor}")
+        if any(s % self.divisor for s in x.shape[2:]):
+            raise ValueError(f"spatial size {tuple(x.shape[2:])} is not divisible by 2**(levels-1) = {self.divisor}")
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Bottleneck feature map and the pre-pool feature map of every level."""
+        """Latent feature map and the output of every level above it."""
         self._check(x)
         features = []
-        for block in self.down:
-            x = block(x)
+        for i, block in enumerate(self.down):
+            x = block(self.pool(x, 2) if i else x)
             features.append(x)
-            x = self.pool(x, 2)
-        return self.bottleneck(x), features
+        return features.pop(), features
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Bottleneck feature map (N, base_width * 2**levels, *input_size / 2**levels)."""
+        """Latent feature map (N, base_width * 2**levels, *input_size / 2**(levels-1))."""
         return self._encode(x)[0]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally average-pooled bottleneck, (N, C): the latent used to find similar patients."""
+        """Globally average-pooled latent map, (N, C): the embedding used to find similar patients."""
         return self.encode(x).flatten(2).mean(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,10 +23,11 @@ from .plan import DiscoverySettings, as_zyx, fit_inside, read_plan
 
 log = logging.getLogger(__name__)
 
-# Multi-resolution in the released code, for 64-wide crops: side s uniform in [50, 79], in-plane shift in [-10, 9].
+# Multi-resolution in the released code, for 64-wide crops: side s uniform in [50, 79], corner shift in [-10, 9].
 MULTI_SIDE = (50, 79)
 MULTI_SHIFT = (-10, 9)
 MULTI_REFERENCE = 64
+MULTI_TRIES = 100
 META_COLUMNS = ["class", "rank", "start_z", "start_y", "start_x", "size_y", "size_x", "resolution", "scale"]
 LAYOUT = (
     "<split>/patches: float16 [0, 1], index [n, z, y, x] (2D: [n, y, x]); <split>/labels: class; "
@@ -38,15 +39,23 @@ LAYOUT = (
 def multi_resolution_regions(
     start_zyx: Sequence[int], shape_zyx: Sequence[int], crop_zyx: Sequence[int], rng: np.random.Generator
 ) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
-    """Two more (start, size) regions around a crop: side and shift drawn per axis pair, scaled to the crop size."""
+    """Two more (start, size) regions of a crop, as the authors' pattern_generator_3D.py draws them.
+
+    Each region's corner is the crop's corner shifted in-plane, its side drawn per region; both scaled to the crop
+    size. A draw that leaves the scan is redrawn (theirs loops until one fits), and after MULTI_TRIES draws the last
+    one is moved inside.
+    """
     regions = []
-    centre = np.array(start_zyx[1:]) + np.array(crop_zyx[1:]) / 2
     scale = np.array(crop_zyx[1:]) / MULTI_REFERENCE
+    limit = np.array(shape_zyx[1:])
     for _ in range(2):
-        side = rng.integers(MULTI_SIDE[0], MULTI_SIDE[1] + 1)
-        shift = rng.integers(MULTI_SHIFT[0], MULTI_SHIFT[1] + 1, size=2)
-        size_yx = np.minimum(np.maximum(1, np.rint(side * scale)).astype(int), shape_zyx[1:])
-        origin = np.rint(centre + shift * scale - size_yx / 2).astype(int)
+        for _ in range(MULTI_TRIES):
+            side = rng.integers(MULTI_SIDE[0], MULTI_SIDE[1] + 1)
+            shift = rng.integers(MULTI_SHIFT[0], MULTI_SHIFT[1] + 1, size=2)
+            size_yx = np.minimum(np.maximum(1, np.rint(side * scale)).astype(int), limit)
+            origin = np.array(start_zyx[1:]) + np.rint(shift * scale).astype(int)
+            if (origin >= 0).all() and (origin + size_yx <= limit).all():
+                break
         size = (crop_zyx[0], *(int(v) for v in size_yx))
         regions.append((fit_inside((start_zyx[0], *origin), shape_zyx, size), size))
     return regions
@@ -59,7 +68,7 @@ def _create(h5: h5py.File, split: str, count: int, patch_shape: tuple[int, ...])
     return group
 
 
-def _write_meta(group: h5py.Group, meta: dict[str, np.ndarray], ids: np.ndarray) -> None:
+def write_meta(group: h5py.Group, meta: dict[str, np.ndarray], ids: np.ndarray) -> None:
     """Labels and per-column metadata of one split."""
     group.create_dataset("labels", data=meta["class"].astype(np.int64), track_times=False)
     columns = group.create_group("meta")
@@ -125,7 +134,7 @@ def extract_patches(
                     for column, value in zip(META_COLUMNS, values):
                         meta[row.split][column][n] = value
         for split, group in groups.items():
-            _write_meta(group, meta[split], ids[split])
+            write_meta(group, meta[split], ids[split])
     log.info("wrote %s: %s patches", out_h5, counts)
 
 

@@ -132,6 +132,23 @@ def pretrained_architecture(pretrained: Path | str) -> dict:
     return json.loads(architecture.read_text())
 
 
+# What a table needs to say about how a pretrained model was trained (keys of its PretrainSettings).
+PRETRAINING_KEYS = ("data", "optimizer", "lr", "momentum", "batch_size", "schedule")
+
+
+def pretraining_record(pretrained: Path | str | None) -> dict | None:
+    """Data source, optimiser and transform policy the pretrained weights were trained with (None: scratch)."""
+    if pretrained is None:
+        return None
+    extra = pretrained_architecture(pretrained).get("extra", {})
+    settings = extra.get("settings", {})
+    # Weights pretrained before data and optimizer were settings were trained on patches with Adam.
+    record = {"data": "patches", "optimizer": "adam", **{k: settings[k] for k in PRETRAINING_KEYS if k in settings}}
+    if record["optimizer"] != "sgd":
+        record.pop("momentum", None)
+    return {**record, "policy": extra.get("policy")}
+
+
 def build_model(settings: FinetuneSettings, pretrained: Path | str | None = None) -> nn.Module:
     """The network fine-tuning starts from, in training mode: pretrained parts (encoder for classification, encoder and
     decoder for segmentation) where given, the rest initialised from settings.seed."""
@@ -521,6 +538,7 @@ def finetune(
                 },
                 "seconds": time.perf_counter() - started,
                 "pretrained": str(pretrained) if pretrained is not None else None,
+                "pretraining": pretraining_record(pretrained),
                 "settings": asdict(settings),
             }
         )

@@ -26,6 +26,9 @@ from .readers import InputError, NoUsableDataError, read_volume, scan_id
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["id", "subset", "split", "path", "status", "reason", "shape", "spacing"]
+# Manifest statuses: "ok" scans serve pretraining and the target tasks; "tasks_only" scans are stored but fail a
+# pretraining filter (min_slices): a thin scan is still a valid NCC scan; "excluded" scans are not stored.
+TASK_STATUSES = ("ok", "tasks_only")
 # implausible_chest_ct: the most voxels above +1000 HU, and the fewest of air/lung and of soft tissue, in a chest CT.
 MAX_DENSE_FRACTION = 0.1
 MIN_TISSUE_FRACTION = 0.01
@@ -54,6 +57,7 @@ class ProcessedScan:
     origin_xyz: tuple[float, float, float]
     direction: tuple[float, ...]
     thumbnail: np.ndarray
+    not_for_pretraining: str | None = None  # why the scan serves the target tasks only
 
 
 def to_unit(hu: np.ndarray, window: tuple[int, int]) -> np.ndarray:
@@ -133,13 +137,16 @@ def implausible_chest_ct(hu: np.ndarray) -> str | None:
 
 
 def preprocess_scan(path: Path | str, settings: CTSettings) -> ProcessedScan:
-    """Read, reorient, optionally resample and window one scan; raise InputError if it is unusable."""
+    """Read, reorient, optionally resample and window one scan; raise InputError if it is unusable.
+
+    A scan with fewer than min_slices slices is processed all the same, marked not_for_pretraining."""
     image = reorient(read_volume(path), settings.orientation)
     if settings.spacing_mm is not None:
         image = resample(image, settings.spacing_mm, fill_hu=settings.hu_window[0])
     slices = image.GetSize()[2]
-    if slices < settings.min_slices:
-        raise InputError(path, f"has {slices} slices, fewer than min_slices = {settings.min_slices}")
+    thin = (
+        f"has {slices} slices, fewer than min_slices = {settings.min_slices}" if slices < settings.min_slices else None
+    )
     if settings.check_plausible and (problem := implausible_chest_ct(sitk.GetArrayViewFromImage(image))):
         raise InputError(path, f"{problem} (preprocess.ct.check_plausible: false accepts it)")
     hu = window_hu(sitk.GetArrayViewFromImage(image), settings.hu_window)
@@ -149,6 +156,7 @@ def preprocess_scan(path: Path | str, settings: CTSettings) -> ProcessedScan:
         origin_xyz=tuple(image.GetOrigin()),
         direction=tuple(image.GetDirection()),
         thumbnail=thumbnail(hu, settings.hu_window, settings.thumbnail_size),
+        not_for_pretraining=thin,
     )
 
 
@@ -225,12 +233,21 @@ def preprocess_subset(
                 )
                 h5.create_dataset(f"thumbnails/{sid}", data=result.thumbnail)
                 row.update(shape=_fmt(hu.shape[::-1]), spacing=_fmt(result.spacing_xyz, 3))
+                if result.not_for_pretraining:
+                    reason = f"{result.not_for_pretraining}: kept for the target tasks, not pretraining"
+                    row.update(status="tasks_only", reason=reason)
+                    log.warning("%s: %s", path, reason)
                 log.info("%s: %s voxels at %s mm in %.2f s", sid, row["shape"], row["spacing"], seconds)
             rows.append(row)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     write_tsv(manifest, out_tsv)
+    counts = manifest.status.value_counts()
     log.info(
-        "subset %s: %d usable, %d excluded", subset, (manifest.status == "ok").sum(), (manifest.status != "ok").sum()
+        "subset %s: %d usable, %d for the target tasks only, %d excluded",
+        subset,
+        counts.get("ok", 0),
+        counts.get("tasks_only", 0),
+        counts.get("excluded", 0),
     )
     return manifest
 
@@ -238,7 +255,7 @@ def preprocess_subset(
 def gather_manifests(tsvs: list[str], out_tsv: Path | str) -> pd.DataFrame:
     """Concatenate per-subset manifests; exclude ids seen in an earlier subset; fail if no usable scan remains."""
     manifest = pd.concat([read_tsv(t) for t in tsvs], ignore_index=True)
-    usable = manifest[manifest.status == "ok"]
+    usable = manifest[manifest.status.isin(TASK_STATUSES)]
     repeated = usable.index[usable.id.duplicated(keep="first")]
     first_subset = usable.drop_duplicates("id").set_index("id").subset
     manifest.loc[repeated, "status"] = "excluded"
@@ -254,7 +271,14 @@ def gather_manifests(tsvs: list[str], out_tsv: Path | str) -> pd.DataFrame:
         )
     write_tsv(manifest, out_tsv)
     counts = usable.groupby("split").size().to_dict()
-    log.info("%d usable scans %s, %d excluded", len(usable), counts, len(manifest) - len(usable))
+    tasks_only = int((manifest.status == "tasks_only").sum())
+    log.info(
+        "%d usable scans %s, %d for the target tasks only, %d excluded",
+        len(usable),
+        counts,
+        tasks_only,
+        len(manifest) - len(usable) - tasks_only,
+    )
     return manifest
 
 

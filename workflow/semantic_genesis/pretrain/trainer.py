@@ -50,13 +50,30 @@ from ..runtime.training import (
 )
 from ..settings import Settings
 from .distributed import SINGLE, Processes, all_sum, launch, process_group, share_weight, with_global_batchnorm
-from .transforms import TransformSettings, apply, apply_batch, draw, draw_step, sample_generator
+from .transforms import (
+    TransformSettings,
+    apply,
+    apply_batch,
+    draw,
+    draw_step,
+    restoration_mask_batch,
+    sample_generator,
+)
 
 log = logging.getLogger(__name__)
 
 
 RESTORATION_POLICIES = ("models_genesis", "released")
 SCHEDULES = ("plateau", "step")
+OPTIMIZERS = ("adam", "sgd")
+# Where a method's training samples come from: the self-discovered patches, or random crops of every scan (the Models
+# Genesis paper's data, rule random_cubes).
+DATA_SOURCES = ("patches", "random_cubes")
+# The in-painting baseline's restoration loss: on the in-painted blocks (Pathak et al.) or on the whole patch.
+INPAINTING_LOSSES = ("masked", "full")
+# What the self-classification baseline sees: the patch, or the patch transformed as for restoration (the released
+# data loader's exp_choice "en").
+CLASSIFICATION_INPUTS = ("patch", "transformed")
 HISTORY_COLUMNS = [
     "epoch",
     *(f"{split}_{name}" for split in ("train", "val") for name in ("loss", "rec", "cls", "acc")),
@@ -77,7 +94,10 @@ class PretrainSettings(Settings):
     the training device (its noise comes from torch generators, so the two give different, equally valid draws);
     "auto" takes "device" on a GPU. amp "auto" uses bfloat16 (float16 with loss scaling where bfloat16 is missing) on
     a GPU and full precision on the CPU. workers -1 means 0 on the CPU, where the model needs every core, and on a GPU
-    the job's threads but one (at most 8).
+    the job's threads but one (at most 8). optimizer "sgd" uses `momentum` (Models Genesis: lr 1, momentum 0.9,
+    batch 6, step schedule); "adam" ignores it. data names the sample source (DATA_SOURCES); methods with a
+    classification head need the labelled patches. inpainting_loss and self_classification_input: see
+    INPAINTING_LOSSES and CLASSIFICATION_INPUTS.
     """
 
     method: str = "semantic_genesis"
@@ -88,6 +108,11 @@ class PretrainSettings(Settings):
     head_width: int = 1024
     batch_size: int = 8
     lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    data: str = "patches"
+    inpainting_loss: str = "masked"
+    self_classification_input: str = "patch"
     schedule: str = "plateau"
     step_size: int = 40
     decay_factor: float = 0.5
@@ -110,6 +135,10 @@ class PretrainSettings(Settings):
             "method": (self.method, tuple(METHODS)),
             "restoration_policy": (self.restoration_policy, RESTORATION_POLICIES),
             "schedule": (self.schedule, SCHEDULES),
+            "optimizer": (self.optimizer, OPTIMIZERS),
+            "data": (self.data, DATA_SOURCES),
+            "inpainting_loss": (self.inpainting_loss, INPAINTING_LOSSES),
+            "self_classification_input": (self.self_classification_input, CLASSIFICATION_INPUTS),
             "amp": (self.amp, ("auto", True, False)),
             "augment": (self.augment, ("auto", "workers", "device")),
         }
@@ -118,12 +147,21 @@ class PretrainSettings(Settings):
                 raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
         if self.dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, not {self.dims}")
+        if self.data == "random_cubes" and METHODS[self.method].classification:
+            raise ValueError(f"method {self.method} trains a classification head: it needs data 'patches' (labels)")
         TransformSettings.from_dict(self.transforms)
 
     @property
     def policy(self) -> str:
         """The transform policy this method trains with."""
+        if self.method == "self_classification" and self.self_classification_input == "transformed":
+            return self.restoration_policy
         return METHODS[self.method].policy or self.restoration_policy
+
+    @property
+    def masked_loss(self) -> bool:
+        """Whether the restoration loss covers only the in-painted blocks."""
+        return self.policy == "inpainting" and self.inpainting_loss == "masked"
 
     def network(self, num_classes: int) -> NetworkSettings:
         """Network settings for this method with num_classes discovered classes."""
@@ -175,17 +213,25 @@ class PatchDataset(Dataset):
         label = int(self.labels[index])
         if self.draw_only:
             return patch, plan, label
-        return (*apply(patch, plan), label)
+        return (*apply(patch, plan), label, plan)
 
 
 def collate(samples: Sequence[tuple]) -> dict:
     """Stack a list of PatchDataset items into (N, 1, ...) tensors (plans stay a list)."""
-    first, second, labels = zip(*samples)
+    first, second, labels, *plans = zip(*samples)
     stacked = torch.from_numpy(np.stack(first))[:, None]
     batch = {"label": torch.tensor(labels, dtype=torch.long)}
     if isinstance(second[0], np.ndarray):
-        return {**batch, "input": stacked, "target": torch.from_numpy(np.stack(second))[:, None]}
+        target = torch.from_numpy(np.stack(second))[:, None]
+        return {**batch, "input": stacked, "target": target, "plans": list(plans[0])}
     return {**batch, "patch": stacked, "plans": list(second)}
+
+
+def restoration_loss(restored: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """MSE over every voxel, or over the voxels of `mask` (the in-painted blocks) only."""
+    if mask is None:
+        return F.mse_loss(restored, target)
+    return ((restored - target) ** 2)[mask].mean()
 
 
 class EpochBatches(Sampler):
@@ -301,7 +347,10 @@ class Pretrainer:
                 # Self-classification never runs the decoder.
                 find_unused_parameters=not self.method.restoration,
             )
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        if settings.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=settings.lr, momentum=settings.momentum)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         if settings.schedule == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer,
@@ -359,10 +408,14 @@ class Pretrainer:
     def inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input, target, label) of a collated batch on the device, transformed there if it came untransformed."""
         labels = batch["label"].to(self.device, non_blocking=True)
-        if "plans" in batch:
+        if "patch" in batch:
             inputs, targets = apply_batch(batch["patch"].to(self.device, non_blocking=True), batch["plans"])
             return inputs, targets, labels
         return batch["input"].to(self.device, non_blocking=True), batch["target"].to(self.device), labels
+
+    def restoration_mask(self, batch: dict, targets: torch.Tensor) -> torch.Tensor:
+        """(N, 1, ...) bool: the in-painted voxels of each sample of a batch, from its plans."""
+        return restoration_mask_batch(batch["plans"], targets.shape[2:], self.device)[:, None]
 
     def losses(
         self, batch: dict, network: torch.nn.Module
@@ -373,7 +426,8 @@ class Pretrainer:
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             restored, logits = network(inputs)
         # The losses run in float32 whatever the autocast dtype: cross-entropy on logits, never log(softmax).
-        rec = F.mse_loss(restored.float(), targets) if restored is not None else zero
+        mask = self.restoration_mask(batch, targets) if self.settings.masked_loss else None
+        rec = restoration_loss(restored.float(), targets, mask) if restored is not None else zero
         cls = F.cross_entropy(logits.float(), labels) if logits is not None else zero
         correct = int((logits.argmax(1) == labels).sum()) if logits is not None else 0
         loss = self.settings.lambda_rec * rec + self.settings.lambda_cls * cls

@@ -14,12 +14,15 @@ restoration target too, which starts as the patch. The empty plan is the identit
 - "nonlinear" `NonLinear`: monotone Bezier intensity map (increasing, or decreasing when inverted).
 - "inpaint" `Paint`: blocks filled with uniform noise.
 - "outpaint" `Paint`: everything uniform noise except windows kept from the input.
-- "elastic" `Elastic`: in-plane (y, x) elastic deformation, one displacement for every slice.
+- "elastic" `Elastic`: elastic deformation of the in-plane axes (y, x); the field is drawn over the whole patch and
+  smoothed in all its dimensions, so it varies from slice to slice (the released code's `elastic_transform`).
 - "patch_shuffle" `PatchShuffle`: swaps of two non-overlapping patches (context restoration, Chen et al. 2019).
 
 Policies: "identity"; "models_genesis" (the paper: flip -> local shuffle -> non-linear -> in-/out-painting); "released"
-(the released Semantic Genesis code: elastic, then one of local shuffle, non-linear, in-painting, out-painting; target =
-the patch before deformation; no flips); "inpainting" (Pathak et al., at least one block); "patch_shuffling".
+(the released Semantic Genesis code, `pytorch/utils/purturbation.py` and `data_loader.py`: elastic, then exactly one of
+local shuffle, non-linear, in-painting, out-painting at 1/4 each, with that code's counts `RELEASED_COUNTS`: 5 shuffle
+windows, one in-painted block, one kept window; target = the patch before deformation; no flips); "inpainting" (Pathak
+et al., at least one block); "patch_shuffling".
 
 The Bezier control points are (0, 0), (x1, y1), (x2, y2), (1, 1) with four independent uniform numbers, as in the
 original code; points on the diagonal (r1, r1), (r2, r2) would make the map the identity.
@@ -28,7 +31,7 @@ original code; points on the diagonal (r1, r1), (r2, r2) would make the map the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache, reduce
 from math import prod
 from typing import Any
@@ -48,6 +51,8 @@ LUT_SIZE = 1024
 BEZIER_SAMPLES = 2048
 # Samples per torch local-shuffle chunk: bounds memory at about 250k index entries per sample.
 SHUFFLE_CHUNK = 16
+# The released Semantic Genesis code's fixed counts; the "released" policy uses them whatever the settings say.
+RELEASED_COUNTS: dict[str, int] = {"shuffle_windows": 5, "inpaint_max_blocks": 1, "outpaint_extra_windows": 0}
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ class Paint:
 
 @dataclass(frozen=True)
 class Elastic:
-    """In-plane displacement: uniform [-1, 1] noise from `seed`, Gaussian-smoothed with `sigma`, scaled by `alpha`."""
+    """In-plane displacement: uniform [-1, 1] noise per voxel from `seed`, smoothed with `sigma`, times `alpha`."""
 
     seed: int
     alpha: float
@@ -265,15 +270,16 @@ def draw(
             steps.append(_draw_paint(shape, rng, s))
         return tuple(steps)
     if policy == "released":
-        elastic = ("elastic", Elastic(_seed(rng), s.elastic_alpha, s.elastic_sigma))
+        r = replace(s, **RELEASED_COUNTS)
+        elastic = ("elastic", Elastic(_seed(rng), r.elastic_alpha, r.elastic_sigma))
         choice = int(rng.integers(4))
         if choice == 0:
-            return elastic, ("local_shuffle", _draw_local_shuffle(shape, rng, s))
+            return elastic, ("local_shuffle", _draw_local_shuffle(shape, rng, r))
         if choice == 1:
-            return elastic, ("nonlinear", _draw_nonlinear(rng, s))
+            return elastic, ("nonlinear", _draw_nonlinear(rng, r))
         if choice == 2:
-            return elastic, ("inpaint", _draw_inpaint(shape, rng, s))
-        return elastic, ("outpaint", _draw_outpaint(shape, rng, s))
+            return elastic, ("inpaint", _draw_inpaint(shape, rng, r, at_least_one=True))
+        return elastic, ("outpaint", _draw_outpaint(shape, rng, r))
     if policy == "inpainting":
         return (("inpaint", _draw_inpaint(shape, rng, s, at_least_one=True)),)
     if policy == "patch_shuffling":
@@ -422,7 +428,11 @@ def outpaint(x: np.ndarray, p: Paint) -> np.ndarray:
 
 
 def elastic_field(shape: Sequence[int], p: Elastic) -> np.ndarray:
-    """In-plane displacement (2, H, W) in voxels along (y, x) for an image of in-plane `shape` (H, W)."""
+    """Displacement (2, *shape) in voxels along (y, x) at every voxel of a patch of spatial `shape`.
+
+    Smoothing in every dimension with zero padding, as the released code does, makes the field about a quarter of a
+    field smoothed per plane (RMS ~5 voxels at 64x64x32 instead of ~20) and weaker near every face.
+    """
     noise = np.random.default_rng(p.seed).random((2, *shape)) * 2 - 1
     return np.stack([gaussian_filter(n, p.sigma, mode="constant") * p.alpha for n in noise])
 
@@ -435,18 +445,20 @@ def _reflect(c: np.ndarray, n: int) -> np.ndarray:
 
 
 def elastic(x: np.ndarray, p: Elastic) -> np.ndarray:
-    """Bilinear resampling of every (y, x) plane at the displaced positions."""
+    """Bilinear resampling of every (y, x) plane at its displaced positions."""
     h, w = x.shape[-2:]
-    dy, dx = elastic_field((h, w), p)
+    dy, dx = elastic_field(x.shape, p).reshape(2, -1, h, w)
+    planes = x.reshape(-1, h, w)
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     cy, cx = _reflect(yy + dy, h), _reflect(xx + dx, w)
     y0 = np.minimum(cy.astype(np.int64), max(h - 2, 0))
     x0 = np.minimum(cx.astype(np.int64), max(w - 2, 0))
     y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
     fy, fx = (cy - y0).astype(np.float32), (cx - x0).astype(np.float32)
-    top = x[..., y0, x0] * (1 - fx) + x[..., y0, x1] * fx
-    bottom = x[..., y1, x0] * (1 - fx) + x[..., y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
+    z = np.arange(len(planes))[:, None, None]
+    top = planes[z, y0, x0] * (1 - fx) + planes[z, y0, x1] * fx
+    bottom = planes[z, y1, x0] * (1 - fx) + planes[z, y1, x1] * fx
+    return (top * (1 - fy) + bottom * fy).reshape(x.shape)
 
 
 def patch_shuffle(x: np.ndarray, p: PatchShuffle) -> np.ndarray:
@@ -480,6 +492,19 @@ def apply(patch: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
         if name == "flip":
             target = flip(target, params)
     return (x.copy() if x is target else x), target
+
+
+def _inpainted_boxes(plan: Plan) -> tuple[Box, ...]:
+    """Every block a plan's in-painting steps fill."""
+    return tuple(box for name, params in plan if name == "inpaint" for box in params.boxes)
+
+
+def restoration_mask(plan: Plan, shape: Sequence[int]) -> np.ndarray:
+    """Bool mask of the voxels a plan in-paints (the region Pathak et al.'s loss covers); all False without any."""
+    mask = np.zeros(shape, bool)
+    for box in _inpainted_boxes(plan):
+        mask[box.slices] = True
+    return mask
 
 
 def transform(
@@ -540,6 +565,11 @@ def _box_mask(spatial: Sequence[int], boxes: Sequence[tuple[Box, ...]], device: 
     return mask.any(dim=1)
 
 
+def restoration_mask_batch(plans: Sequence[Plan], spatial: Sequence[int], device: torch.device) -> torch.Tensor:
+    """(n, *spatial) bool: restoration_mask of every plan, built on the device."""
+    return _box_mask(spatial, [_inpainted_boxes(plan) for plan in plans], device)
+
+
 def _inpaint_t(x: torch.Tensor, params: Sequence[Paint]) -> torch.Tensor:
     """Noise inside the blocks."""
     mask = _box_mask(x.shape[1:], [p.boxes for p in params], x.device)
@@ -557,17 +587,15 @@ def _outpaint_t(x: torch.Tensor, params: Sequence[Paint]) -> torch.Tensor:
 def _elastic_t(x: torch.Tensor, params: Sequence[Elastic]) -> torch.Tensor:
     """grid_sample of every plane, slices folded into the batch; the fields are the numpy path's."""
     h, w = x.shape[-2:]
-    field = np.stack([elastic_field((h, w), p) for p in params])
+    field = np.stack([elastic_field(x.shape[1:], p) for p in params]).reshape(len(params), 2, -1, h, w)
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     # align_corners=False with reflection padding is scipy's half-sample "reflect" in voxel coordinates.
     gx = (2 * (xx + field[:, 1]) + 1) / w - 1
     gy = (2 * (yy + field[:, 0]) + 1) / h - 1
     grid = torch.from_numpy(np.stack([gx, gy], axis=-1).astype(np.float32)).to(x.device)
-    planes = x.reshape(len(params), -1, h, w)
-    depth = planes.shape[1]
     out = F.grid_sample(
-        planes.reshape(-1, 1, h, w),
-        grid.repeat_interleave(depth, dim=0),
+        x.reshape(-1, 1, h, w),
+        grid.reshape(-1, h, w, 2),
         mode="bilinear",
         padding_mode="reflection",
         align_corners=False,

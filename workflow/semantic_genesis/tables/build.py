@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 REFERENCE = "semantic_genesis"
 TESTS = ("ttest", "wilcoxon")
 REQUIRED_KEYS = ("task", "method", "run", "seed", "metric", "value", "synthetic", "label_fraction")
-OPTIONAL_KEYS = ("n_train", "n_val", "n_test", "best_epoch", "epochs", "seconds")
+OPTIONAL_KEYS = ("n_train", "n_val", "n_test", "best_epoch", "epochs", "seconds", "pretraining")
 RUN_COLUMNS = [*REQUIRED_KEYS, "value_fraction", *OPTIONAL_KEYS, "path"]
 SUMMARY_COLUMNS = [
     "task",
@@ -305,6 +305,36 @@ class Table:
         return frame
 
 
+POLICY_WORDS = {
+    "identity": "no transforms",
+    "models_genesis": "Models Genesis transforms",
+    "released": "released Semantic Genesis transforms",
+    "inpainting": "in-painting",
+    "patch_shuffling": "patch swaps",
+}
+
+
+def describe_pretraining(record: Mapping) -> str:
+    """One run's pretraining in words: data, optimiser with its settings, schedule, transforms."""
+    data = {"patches": "self-discovered patches", "random_cubes": "random cubes"}.get(record["data"], record["data"])
+    optimiser = {"adam": "Adam", "sgd": "SGD"}.get(record["optimizer"], record["optimizer"])
+    momentum = f", momentum {record['momentum']:g}" if "momentum" in record else ""
+    training = f"lr {record.get('lr', float('nan')):g}{momentum}, batch {record.get('batch_size', '?')}"
+    policy = POLICY_WORDS.get(record.get("policy") or "identity", record.get("policy"))
+    return f"{data}, {optimiser} ({training}), {record.get('schedule', '?')} schedule, {policy}"
+
+
+def pretraining_note(runs: pd.DataFrame, methods: Iterable[str]) -> str | None:
+    """Which data and optimiser each pretrained row's runs used (from their metrics.json), None without any."""
+    parts = []
+    for method in methods:
+        records = runs.loc[runs["method"] == method, "pretraining"] if "pretraining" in runs else []
+        described = sorted({describe_pretraining(r) for r in records if isinstance(r, Mapping)})
+        if described:
+            parts.append(f"{method_label(method)}: {' / '.join(described)}")
+    return "Pretraining: " + "; ".join(parts) + "." if parts else None
+
+
 def _fraction_suffix(fraction: float) -> str:
     return "" if fraction == 1 else "_labels" + f"{100 * fraction:g}".replace(".", "p")
 
@@ -382,6 +412,9 @@ def _table(
     )
     if used_dagger:
         notes.append("†: published numbers only (pretrained model not available to us).")
+    pretraining = pretraining_note(runs, rows)
+    if pretraining:
+        notes.append(pretraining)
     if with_paper:
         notes.append(paper_note)
     else:

@@ -8,7 +8,7 @@ transcribed from the project spec (shared/spec/SEMANTIC_GENESIS.md, section 7), 
   PUBLISHED_3D) and the "adding semantics" bar figure (ADDING_SEMANTICS; values read off the bars, so about +-0.3 and
   without a std).
 - [MG] Zhou et al.: "Models Genesis", MICCAI 2019 / Medical Image Analysis 2021: the 2D baselines for thorax disease
-  classification (DXC) in PUBLISHED_2D (means only; the spec carries no std for them).
+  classification (DXC) in PUBLISHED_2D, mean +- std as plotted by the authors' `figures/plotsuperbar.m`.
 
 Nothing here is invented: a (method, task) pair the papers do not report is simply absent, and the tables show "–"
 for it. In particular there are no published Semantic Genesis 2D numbers available to us and no published numbers at
@@ -46,13 +46,13 @@ ADDING_SEMANTICS: dict[str, dict[str, float]] = {
 }
 APPROXIMATE_TOLERANCE = 0.3
 
-# [MG] 2D baselines; method -> task -> (mean, std or None) in percent. DXC: mean AUC over the 14 ChestX-ray14 labels.
-# No std is available for these. No Semantic Genesis 2D numbers and nothing for PXS: left out on purpose.
+# [MG] 2D baselines; method -> task -> (mean, std) in percent. DXC: mean AUC over the 14 ChestX-ray14 labels.
+# No Semantic Genesis 2D numbers and nothing for PXS: left out on purpose.
 PUBLISHED_2D: dict[str, dict[str, tuple[float, float | None]]] = {
-    "scratch": {"dxc": (69.15, None)},
-    "imagenet": {"dxc": (75.55, None)},
-    "genesis_ct_2d": {"dxc": (74.99, None)},
-    "genesis_xray_2d": {"dxc": (75.48, None)},
+    "scratch": {"dxc": (69.15, 0.77)},
+    "imagenet": {"dxc": (75.55, 0.48)},
+    "genesis_ct_2d": {"dxc": (74.99, 0.36)},
+    "genesis_xray_2d": {"dxc": (75.48, 0.13)},
 }
 
 # Pretrained models we cannot download or run here: their table rows show the published numbers only, marked so.
@@ -111,7 +111,7 @@ class Published:
 
 SOURCE_3D = "Haghighi et al., MICCAI 2020 (3D comparison table)"
 SOURCE_SEMANTICS = "Haghighi et al., MICCAI 2020 ('adding semantics' figure, read off the bars, about ±0.3)"
-SOURCE_2D = "Zhou et al., Models Genesis (2D baselines)"
+SOURCE_2D = "Zhou et al., Models Genesis (2D baselines, figures/plotsuperbar.m)"
 
 
 def published(method: str, task: str) -> Published | None:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..preprocess.ct import to_unit
+from ..preprocess.ct import TASK_STATUSES, to_unit
 from ..preprocess.readers import InputError, NoUsableDataError
 from ..runtime.files import read_h5, read_tsv
 from ..settings import Settings
@@ -141,8 +141,11 @@ def prepare_ncc(
     """Cut a cube around every kept candidate from the preprocessed scans into the NCC task file; return its index."""
     candidates = read_candidates(candidates_csv)
     manifest = read_tsv(manifest_tsv)
-    usable = manifest[manifest.status == "ok"].drop_duplicates("id").set_index("id")
-    excluded_ids = set(manifest.id[manifest.status != "ok"]) - set(usable.index)
+    # Scans kept for the target tasks only (thinner than min_slices) are NCC scans too: a pretraining filter must not
+    # change the candidate set.
+    stored = manifest.status.isin(TASK_STATUSES)
+    usable = manifest[stored].drop_duplicates("id").set_index("id")
+    excluded_ids = set(manifest.id[~stored]) - set(usable.index)
     files: dict[str, Path] = {}
     for path in map(Path, ct_h5_files):
         with read_h5(path) as h5:
