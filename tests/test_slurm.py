@@ -26,7 +26,7 @@ from test_workflow import SNAKEMAKE, TINY, snakemake, write_config
 pytestmark = pytest.mark.slurm
 
 METHODS = ["models_genesis", "semantic_genesis"]  # two pretraining jobs are enough to show the GPU stage
-CPU_RULES = {"synthetic_ct", "preprocess_ct", "ct_manifest", "plan", "patches", "transform_gallery"}
+CPU_RULES = {"synthetic_ct", "preprocess_ct", "ct_manifest", "random_cubes", "plan", "patches", "transform_gallery"}
 GPU_RULES = {"autoencoder", "embed", "pretrain"}
 TIMING_COLUMNS = {"seconds", "train_samples_per_s"}  # wall-clock columns of history.csv: differ between any two runs
 # Threads of every rule in both runs: torch's CPU results are bitwise reproducible for one thread count only.
