@@ -101,6 +101,17 @@ def ct_subset_inputs(wildcards):
     return {"scans": scans, "data": data}
 
 
+def ct_manifest_inputs(wildcards):
+    """The per-subset manifests and, when NCS test scans are kept out of pretraining, the NCS data naming them."""
+    inputs = {"tsvs": expand("results/ct/preprocessed/{subset}.tsv", subset=CT_SUBSETS)}
+    if config["preprocess"]["exclude_target_test_from_pretraining"]:
+        if SYNTHETIC_NCS or config["data"]["ncs_root"]:
+            inputs["ncs"] = TASK_ROOTS["ncs"]
+        else:
+            print("note: no NCS data (data.ncs_root) names test scans to keep out of pretraining", file=sys.stderr)
+    return inputs
+
+
 def ct_preprocessed_files():
     return expand("results/ct/preprocessed/{subset}.h5", subset=CT_SUBSETS)
 
@@ -270,8 +281,19 @@ def data_source(name):
     return source
 
 
+# Tasks whose test cases can come from the pretraining collection: the manifest their overlap is counted against.
+OVERLAP_MANIFESTS = {"ncc": "results/ct/scans.tsv", "ncs": "results/ct/scans.tsv", "dxc": "results/cxr/images.tsv"}
+
+
 def task_inputs(wildcards):
-    """The files a task's data is prepared from; a configured root is checked to hold what its reader needs."""
+    """The files a task's data is prepared from (and the pretraining manifest its test cases are compared with); a
+    configured root is checked to hold what its reader needs."""
+    overlap = {"pretraining": OVERLAP_MANIFESTS[wildcards.task]} if wildcards.task in OVERLAP_MANIFESTS else {}
+    return {**_task_sources(wildcards), **overlap}
+
+
+def _task_sources(wildcards):
+    """The files a task's data is read from."""
     task = wildcards.task
     if task == "ncc":
         candidates = [NCC_CANDIDATES]

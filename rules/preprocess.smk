@@ -28,7 +28,7 @@ rule preprocess_ct:
 
 rule ct_manifest:
     input:
-        expand("results/ct/preprocessed/{subset}.tsv", subset=CT_SUBSETS),
+        unpack(ct_manifest_inputs),
     output:
         report("results/ct/scans.tsv", category="Data", caption="../report/scans.rst"),
     log:

@@ -484,3 +484,16 @@ def test_another_reference_is_named(paths, tmp_path):
     assert summary.loc[("ncc", "scratch"), "p_value"] == pytest.approx(expected)
     tables.build_tables(frame, tmp_path, reference="models_genesis")
     assert "against Models Genesis" in read(tmp_path / "comparison_3d.md")
+
+
+def test_each_table_says_how_many_test_cases_pretraining_used(tmp_path):
+    ncs = {"checked": True, "test_cases": 5, "in_pretraining": 2, "examples": ["a", "b"], "manifest": "scans.tsv"}
+    lcs = {"checked": False, "reason": "LiTS 2017 abdominal CT is not part of LUNA16"}
+    runs = [write_run(tmp_path, "ncs", m, r, 0.5, pretraining_overlap=ncs) for m in ("scratch", "models_genesis")
+            for r in range(2)]  # fmt: skip
+    runs += [write_run(tmp_path, "lcs", "scratch", r, 0.5, pretraining_overlap=lcs) for r in range(2)]
+    tables.build_tables(tables.collect(runs), tmp_path / "out")
+    assert (
+        "Test cases in pretraining: NCS: 2 of 5 test cases come from scans or images pretraining used; "
+        "LCS: not checked (LiTS 2017 abdominal CT is not part of LUNA16)."
+    ) in read(tmp_path / "out" / "comparison_3d.md")

@@ -339,3 +339,59 @@ def test_synthetic_lits_round_trip(tmp_path):
     assert (result.status == "ok").all() and len(result) == 3 * 8
     with TaskData(tmp_path / "lcs.h5") as data:
         assert data.synthetic and data.targets("train").mean() > 0.01
+
+
+# ---- leakage between pretraining and test sets -----------------------------------------------------------------------
+
+
+def test_ncs_test_cubes_from_pretraining_scans_are_counted_and_can_be_kept_out(tiny_luna, tmp_path, caplog):
+    from semantic_genesis.tasks.ncs import held_out_scans
+    from semantic_genesis.tasks.prepare import prepare_task
+
+    splits = {"train": ["subset0"], "val": ["subset1"], "test": ["subset2"]}
+    ncs = write_synthetic_ncs(tiny_luna, tmp_path / "ncs", splits, (16, 16, 8), seed=0)
+    # LIDC-IDRI's own split is not LUNA16's: one cube of a pretraining (train) scan lands in the NCS test split.
+    leaked = ncs.seriesuid[ncs.split == "train"].iloc[0]
+    assert (ncs.seriesuid == leaked).sum() >= 2  # one of its cubes stays in train
+    index = pd.read_csv(tmp_path / "ncs" / "index.csv", dtype=str)
+    index.loc[index.index[index.seriesuid == leaked][0], "split"] = "test"
+    index.to_csv(tmp_path / "ncs" / "index.csv", index=False)
+    settings = CTSettings(min_slices=1, thumbnail_size=(8, 8, 8), chunk=(16, 16, 8))
+    tsvs = []
+    for split, (subset,) in splits.items():
+        tsvs.append(str(tmp_path / "ct" / f"{subset}.tsv"))
+        scans = sorted(str(p) for p in (tiny_luna / subset).glob("*.mhd"))
+        preprocess_subset(scans, subset, split, settings, tmp_path / "ct" / f"{subset}.h5", tsvs[-1])
+    test_scans = set(index.seriesuid[index.split == "test"])
+
+    def overlap(manifest):
+        out = [tmp_path / "task" / name for name in ("data.h5", "index.tsv", "montage.png")]
+        inputs = {"root": tmp_path / "ncs", "pretraining": manifest}
+        prepare_task("ncs", inputs, {"cube_size": [16, 16, 8]}, True, *out)
+        with TaskData(out[0]) as data:
+            assert set(data.sources("test")) == test_scans
+            return data.pretraining_overlap
+
+    open_manifest = gather_manifests(tsvs, tmp_path / "scans.tsv")
+    record = overlap(tmp_path / "scans.tsv")
+    expected = {"checked": True, "test_cases": len(test_scans), "in_pretraining": 1, "examples": [leaked]}
+    assert {k: record[k] for k in expected} == expected
+    assert f"1 of {len(test_scans)} test cases come from scans or images pretraining used" in caplog.text
+    assert "exclude_target_test_from_pretraining" in caplog.text
+
+    keep_out = held_out_scans(tmp_path / "ncs")
+    assert set(keep_out) == test_scans
+    closed = gather_manifests(tsvs, tmp_path / "closed.tsv", keep_out).set_index("id")
+    assert closed.status[leaked] == "tasks_only" and "NCS test cube" in closed.reason[leaked]
+    untouched = open_manifest.set_index("id").drop(index=list(test_scans))
+    assert closed.drop(index=list(test_scans)).status.equals(untouched.status)
+    assert overlap(tmp_path / "closed.tsv")["in_pretraining"] == 0
+
+
+def test_tasks_from_other_collections_say_why_their_overlap_is_unchecked():
+    from semantic_genesis.tasks.overlap import count_overlap, describe_overlap
+
+    record = count_overlap("lcs", ["", ""], None)
+    assert record == {"checked": False, "reason": "LiTS 2017 abdominal CT is not part of LUNA16"}
+    assert describe_overlap("lcs", record) == "LCS: not checked (LiTS 2017 abdominal CT is not part of LUNA16)"
+    assert "no seriesuid column" in count_overlap("ncs", [""], "scans.tsv")["reason"]

@@ -547,3 +547,20 @@ def test_a_missing_root_or_file_is_named_before_any_job(user_roots, tmp_path):
     config["finetune"]["tasks"] = ["lcs"]
     code, output = dry_run(config, "finetune_3d")
     assert code != 0 and "data.lits_root" in output and "volume-*.nii* is missing" in output
+
+
+def test_ncs_test_scans_can_be_kept_out_of_pretraining(tmp_path):
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["preprocess"]["exclude_target_test_from_pretraining"] = True
+    path = write_config(tmp_path / "excluded.yaml", config)
+    snakemake(tmp_path, "results/ct/scans.tsv", "--configfile", path, "--cores", "2")
+    ncs = pd.read_csv(tmp_path / "results/synthetic/ncs/index.csv", dtype=str)
+    held = set(ncs.seriesuid[ncs.split == "test"])
+    scans = pd.read_csv(tmp_path / "results/ct/scans.tsv", sep="\t", keep_default_na=False).set_index("id")
+    assert held and scans.status[list(held)].eq("tasks_only").all()
+    assert scans.reason[list(held)].str.contains("NCS test cube").all()
+    assert scans.status.drop(index=list(held)).isin(["ok", "excluded"]).all()
+    assert (
+        "scans named as target-task test cases kept out of pretraining"
+        in (tmp_path / "results/logs/ct_manifest.log").read_text()
+    )

@@ -539,6 +539,7 @@ def finetune(
                 "seconds": time.perf_counter() - started,
                 "pretrained": str(pretrained) if pretrained is not None else None,
                 "pretraining": pretraining_record(pretrained),
+                "pretraining_overlap": data.pretraining_overlap,
                 "settings": asdict(settings),
             }
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -252,9 +253,15 @@ def preprocess_subset(
     return manifest
 
 
-def gather_manifests(tsvs: list[str], out_tsv: Path | str) -> pd.DataFrame:
-    """Concatenate per-subset manifests; exclude ids seen in an earlier subset; fail if no usable scan remains."""
+def gather_manifests(tsvs: list[str], out_tsv: Path | str, keep_out: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Concatenate per-subset manifests; exclude ids seen in an earlier subset; mark the usable scans in `keep_out`
+    (id -> why) as kept for the target tasks only; fail if no usable scan remains."""
     manifest = pd.concat([read_tsv(t) for t in tsvs], ignore_index=True)
+    held = (manifest.status == "ok") & manifest.id.isin(list(keep_out or {}))
+    manifest.loc[held, "status"] = "tasks_only"
+    manifest.loc[held, "reason"] = [keep_out[i] for i in manifest.id[held]]
+    if keep_out:
+        log.info("%d of %d scans named as target-task test cases kept out of pretraining", held.sum(), len(keep_out))
     usable = manifest[manifest.status.isin(TASK_STATUSES)]
     repeated = usable.index[usable.id.duplicated(keep="first")]
     first_subset = usable.drop_duplicates("id").set_index("id").subset

@@ -31,6 +31,7 @@ from scipy import stats
 from ..plots import Line2D, MaxNLocator, Patch, plt, save
 from ..runtime.files import atomic_path
 from ..runtime.provenance import any_synthetic
+from ..tasks.overlap import describe_overlap
 from ..tasks.taskdata import TASKS
 from .published import (
     PUBLISHED_ONLY_2D,
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 REFERENCE = "semantic_genesis"
 TESTS = ("ttest", "wilcoxon")
 REQUIRED_KEYS = ("task", "method", "run", "seed", "metric", "value", "synthetic", "label_fraction")
-OPTIONAL_KEYS = ("n_train", "n_val", "n_test", "best_epoch", "epochs", "seconds", "pretraining")
+OPTIONAL_KEYS = ("n_train", "n_val", "n_test", "best_epoch", "epochs", "seconds", "pretraining", "pretraining_overlap")
 RUN_COLUMNS = [*REQUIRED_KEYS, "value_fraction", *OPTIONAL_KEYS, "path"]
 SUMMARY_COLUMNS = [
     "task",
@@ -335,6 +336,17 @@ def pretraining_note(runs: pd.DataFrame, methods: Iterable[str]) -> str | None:
     return "Pretraining: " + "; ".join(parts) + "." if parts else None
 
 
+def overlap_note(runs: pd.DataFrame, tasks: Iterable[str]) -> str | None:
+    """How many test cases of each task pretraining used (from their metrics.json), None without any record."""
+    parts = []
+    for task in tasks:
+        records = runs.loc[runs["task"] == task, "pretraining_overlap"] if "pretraining_overlap" in runs else []
+        record = next((r for r in records if isinstance(r, Mapping)), None)
+        if record is not None:
+            parts.append(describe_overlap(task, record))
+    return "Test cases in pretraining: " + "; ".join(parts) + "." if parts else None
+
+
 def _fraction_suffix(fraction: float) -> str:
     return "" if fraction == 1 else "_labels" + f"{100 * fraction:g}".replace(".", "p")
 
@@ -412,9 +424,7 @@ def _table(
     )
     if used_dagger:
         notes.append("†: published numbers only (pretrained model not available to us).")
-    pretraining = pretraining_note(runs, rows)
-    if pretraining:
-        notes.append(pretraining)
+    notes += [note for note in (pretraining_note(runs, rows), overlap_note(runs, tasks)) if note]
     if with_paper:
         notes.append(paper_note)
     else:

@@ -101,7 +101,8 @@ def prepare_dxc(
             for sample_id, position, target in tqdm(
                 zip(rows.id, rows["index"].astype(int), targets), total=len(rows), desc=f"DXC {split}", unit="image"
             ):
-                writer.add(split, area_or_bilinear(store.image(position), settings.size), target, sample_id)
+                image = area_or_bilinear(store.image(position), settings.size)
+                writer.add(split, image, target, sample_id, source=sample_id)
         counts = dict(writer.counts)
     log.info(
         "DXC: %s images at %dx%d, %d excluded; label prevalence %s",

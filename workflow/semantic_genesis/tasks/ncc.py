@@ -193,7 +193,7 @@ def prepare_ncc(
                     hu = crop_padded(data, centre - half, size_zyx, fill=lo)
                     cube = to_unit(np.clip(hu, lo, hi), (lo, hi))
                     sample_id = f"{uid}:{cand.row}"
-                    writer.add(cand.split, cube, [cand["class"]], sample_id)
+                    writer.add(cand.split, cube, [cand["class"]], sample_id, source=uid)
                     rows.append(
                         dict(
                             id=sample_id,

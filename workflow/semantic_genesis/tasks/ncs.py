@@ -7,7 +7,10 @@ reads an accepted, documented layout instead, which any conversion (e.g. pylidc 
     <root>/<image>          CT cube in HU, any SimpleITK 3D format (.nii.gz, .nii, .mhd/.raw, .nrrd, ...)
     <root>/<mask>           same voxel grid as the image; binary, or labels where label > 0 is nodule
 
-`image` and `mask` are paths relative to root; `split` is train, val or test; `id` must be unique. Cubes are
+`image` and `mask` are paths relative to root; `split` is train, val or test; `id` must be unique. An optional
+column `seriesuid` names the LUNA16 scan a cube was cut from (LIDC-IDRI scans are LUNA16's): with it, the workflow
+counts the test cubes whose scan pretraining used and can keep those scans out of pretraining
+(`preprocess.exclude_target_test_from_pretraining`); without it, the overlap is reported as unknown. Cubes are
 reoriented to LPS, windowed (default [-1000, 1000] HU) and scaled to [0, 1]. A cube whose size differs from
 `cube_size_xyz` is padded/cropped about its centre (`fit: crop`, spacing kept) or resampled to it (`fit: resample`).
 Rows with a missing or unreadable file, mismatched image/mask grids, an empty mask or an unknown split are excluded
@@ -84,6 +87,18 @@ def read_index(root: Path | str) -> pd.DataFrame:
     return index
 
 
+def held_out_scans(root: Path | str) -> dict[str, str]:
+    """The LUNA16 scans of the test cubes in <root>/index.csv (column seriesuid), each with why pretraining must not
+    read it; none, with a warning, when the index has no seriesuid column."""
+    index = read_index(root)
+    if "seriesuid" not in index.columns:
+        log.warning("%s has no seriesuid column: no NCS test scan can be kept out of pretraining", Path(root))
+        return {}
+    test = index[(index.split == "test") & (index.seriesuid != "")]
+    reason = "scan of an NCS test cube: kept for the target tasks, not pretraining"
+    return dict.fromkeys(sorted(set(test.seriesuid)), reason)
+
+
 def load_case(root: Path, row, settings: NCSSettings) -> tuple[np.ndarray, np.ndarray]:
     """One case as (image in [0, 1], binary mask) at the cube size; raise InputError when it is unusable."""
     image_path, mask_path = root / row.image, root / row.mask
@@ -131,7 +146,7 @@ def prepare_ncs(root: Path | str, out_h5: Path | str, settings: NCSSettings, syn
                 log.warning("excluded NCS case %s: %s", row.id, error)
             else:
                 seen.add(row.id)
-                writer.add(row.split, image, target, row.id)
+                writer.add(row.split, image, target, row.id, source=getattr(row, "seriesuid", ""))
                 record["voxels"] = int(target.sum())
             rows.append(record)
         result = pd.DataFrame(rows, columns=["id", "split", "image", "mask", "status", "reason", "voxels"])

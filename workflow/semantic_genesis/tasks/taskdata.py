@@ -6,7 +6,10 @@ Layout of `results/tasks/<task>/data.h5`:
 - <split>/images: float16 in [0, 1], [n, z, y, x] (3D) or [n, y, x] (2D); one chunk per sample
 - <split>/targets: classification: uint8 [n, labels] (binary, multi-label); segmentation: uint8 [n, *image shape]
 - <split>/ids: str [n], the case each sample comes from (scan, candidate, subject or image id)
-for split in train, val, test. Samples are appended one at a time, so real data sets never sit in memory whole.
+- <split>/sources: str [n], the id of the sample's scan or image in the pretraining collection (LUNA16 seriesuid,
+  ChestX-ray14 image index), "" where the task's data does not name one
+for split in train, val, test; attrs `pretraining_overlap` (JSON, see tasks/overlap.py) says how many test cases
+pretraining used. Samples are appended one at a time, so real data sets never sit in memory whole.
 """
 
 from __future__ import annotations
@@ -107,11 +110,15 @@ class TaskWriter:
             group.create_dataset(
                 "targets", (0, *target_shape), np.uint8, maxshape=(None, *target_shape), chunks=(1, *target_shape)
             )
-            group.create_dataset("ids", (0,), h5py.string_dtype(), maxshape=(None,), chunks=(256,))
+            for name in ("ids", "sources"):
+                group.create_dataset(name, (0,), h5py.string_dtype(), maxshape=(None,), chunks=(256,))
         return self
 
-    def add(self, split: str, image: np.ndarray, target: np.ndarray | Sequence[int], sample_id: str) -> None:
-        """Append one sample: image in [0, 1] of the task's shape; target = binary labels or a binary mask."""
+    def add(
+        self, split: str, image: np.ndarray, target: np.ndarray | Sequence[int], sample_id: str, source: str = ""
+    ) -> None:
+        """Append one sample: image in [0, 1] of the task's shape; target = binary labels or a binary mask; source =
+        its scan's or image's id in the pretraining collection, "" if unknown."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
         image, target = np.asarray(image, np.float32), np.asarray(target)
@@ -123,7 +130,8 @@ class TaskWriter:
         expected = group["targets"].shape[1:]
         if target.shape != expected or not np.isin(target, (0, 1)).all():
             raise ValueError(f"{sample_id}: target must be binary of shape {expected}, got {target.shape}")
-        for name, value in (("images", image), ("targets", target.astype(np.uint8)), ("ids", sample_id)):
+        values = (("images", image), ("targets", target.astype(np.uint8)), ("ids", sample_id), ("sources", source))
+        for name, value in values:
             group[name].resize(n + 1, axis=0)
             group[name][n] = value
         self.counts[split] = n + 1
@@ -154,6 +162,12 @@ class TaskData:
     def __len__(self) -> int:
         return sum(self.size(split) for split in SPLITS)
 
+    @property
+    def pretraining_overlap(self) -> dict | None:
+        """How many test cases pretraining used (tasks/overlap.py), None for a file written before it was counted."""
+        text = self.h5.attrs.get("pretraining_overlap")
+        return json.loads(text) if text is not None else None
+
     def size(self, split: str) -> int:
         return len(self.h5[split]["ids"])
 
@@ -170,7 +184,14 @@ class TaskData:
         return self.h5[split]["targets"][()]
 
     def ids(self, split: str) -> list[str]:
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in self.h5[split]["ids"][()]]
+        return self._strings(split, "ids")
+
+    def sources(self, split: str) -> list[str]:
+        """Each sample's scan or image id in the pretraining collection ("" where unknown)."""
+        return self._strings(split, "sources")
+
+    def _strings(self, split: str, name: str) -> list[str]:
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in self.h5[split][name][()]]
 
     def samples(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
         """(image float32, target, id) of every sample of a split, one at a time."""
