@@ -319,7 +319,22 @@ def _task_sources(wildcards):
     key, _, needed, layout = TASK_DATA[task]
     if config["data"][key]:
         user_files(key, [os.path.join(TASK_ROOTS[task], needed)], f"rule task_data ({task})", layout)
+    if task == "bms" and config["tasks"]["bms"]["folds"]:
+        return {"root": TASK_ROOTS[task], "folds": bms_fold_files()}
     return {"root": TASK_ROOTS[task]}
+
+
+def bms_fold_files():
+    """tasks.bms.folds, each checked to exist before any job runs."""
+    folds = config["tasks"]["bms"]["folds"]
+    for path in folds:
+        if not os.path.isfile(path):
+            raise WorkflowError(
+                f"tasks.bms.folds: {path} does not exist; list fold files of subject ids (one per line, e.g. the "
+                "authors' keras/downstream_tasks/data/bms/fold_1.csv, fold_2.csv, fold_3.csv; the last is the test "
+                "fold), or set tasks.bms.folds: [] for a seeded split"
+            )
+    return folds
 
 
 def task_settings(wildcards):

@@ -73,6 +73,15 @@ def test_paper_3d_pins_the_papers_and_the_released_codes_values():
     tasks, fine = c["tasks"], c["finetune"]
     assert tasks["lcs"]["splits"] == {"train": [0, 99], "val": [100, 114], "test": [115, 129]}
     assert tasks["bms"]["crop_size"] == [100, 100, 50] and tasks["ncc"]["cube_size"] == [64, 64, 32]
+    assert (
+        tasks["bms"]["test_crops"] == "tiles"
+        and tasks["lcs"]["native_z"]
+        and tasks["lcs"]["volume_size"][:2]
+        == [
+            256,
+            256,
+        ]
+    )  # the authors' whole-volume BMS test and in-plane-only LiTS resampling
     assert all(tasks[t]["cube_size"] == [64, 64, 32] for t in ("ncc", "ncs", "lcs", "bms"))
     expected = {"ncc": (1e-3, 24, 10), "ncs": (1e-3, 16, 50), "lcs": (1e-2, 16, 20), "bms": (1e-3, 16, 30)}
     for task, (lr, batch, patience) in expected.items():
@@ -133,6 +142,9 @@ def test_wrong_type_names_the_key():
         ({"tasks": {"ncc": {"cube_size": [30, 32, 16]}}}, "tasks.ncc.cube_size"),
         ({"tasks": {"pxs": {"size": 100}}}, "tasks.pxs.size"),
         ({"tasks": {"lcs": {"volume_size": [64, 64, 40]}}}, "tasks.lcs.volume_size"),
+        ({"tasks": {"lcs": {"volume_size": [64, 48, 40], "native_z": True}}}, "tasks.lcs.volume_size"),
+        ({"tasks": {"bms": {"folds": ["fold_3.csv"]}}}, "tasks.bms.folds"),
+        ({"tasks": {"bms": {"test_crops": "whole"}}}, "tasks.bms.test_crops"),
         ({"tasks": {"lcs": {"splits": {"train": [7, 0], "val": [8, 9], "test": [10, 11]}}}}, "tasks.lcs.splits.train"),
     ],
 )

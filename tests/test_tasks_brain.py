@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from semantic_genesis.preprocess.readers import NoUsableDataError
+from semantic_genesis.preprocess.readers import InputError, NoUsableDataError
 from semantic_genesis.synthetic.brain_phantom import (
     BRAIN_TISSUES,
     TISSUES,
@@ -22,8 +22,12 @@ from semantic_genesis.synthetic.brain_phantom import (
 from semantic_genesis.synthetic.brats import write_synthetic_brats
 from semantic_genesis.tasks.bms import (
     BMSSettings,
+    fold_splits,
+    load_subject,
     prepare_bms,
     split_subjects,
+    tile_starts,
+    window,
 )
 from semantic_genesis.tasks.taskdata import SPLITS, TaskData
 
@@ -105,12 +109,14 @@ def test_synthetic_writer_layout(brats_root):
 def test_prepare_bms_shapes_splits_and_determinism(brats_root, tmp_path):
     index = prepare_bms(brats_root, tmp_path / "a.h5", SMALL_BMS, synthetic=True)
     again = prepare_bms(brats_root, tmp_path / "b.h5", SMALL_BMS, synthetic=True)
-    assert list(index.columns[:2]) == ["id", "subject"] and len(index) == 8 * 2
+    sampled = index[index.split != "test"]
+    assert list(index.columns[:2]) == ["id", "subject"] and (sampled.groupby("subject").size() == 2).all()
+    assert sampled.subject.nunique() == 7 and index.id[index.split == "test"].str.contains(":tile_").all()
     assert index.equals(again)
     assert index.groupby("subject").split.nunique().max() == 1  # no subject in two splits
     assert set(index.split) == set(SPLITS)
-    # At least half of each subject's crops hold tumour.
-    assert (index.groupby("subject").tumour_fraction.apply(lambda f: (f > 0).mean()) >= 0.5).all()
+    # At least half of each sampled subject's crops hold tumour.
+    assert (sampled.groupby("subject").tumour_fraction.apply(lambda f: (f > 0).mean()) >= 0.5).all()
     with TaskData(tmp_path / "a.h5") as a, TaskData(tmp_path / "b.h5") as b:
         assert a.shape == (12, 24, 24) and a.synthetic and a.task == "bms"
         for split in SPLITS:
@@ -178,10 +184,10 @@ def test_bad_subjects_excluded_with_reasons(brats_root, tmp_path, caplog):
     excluded = index.attrs["excluded"]
     assert set(excluded) == {no_seg.name, truncated.name}
     assert "segmentation" in excluded[no_seg.name] and "truncated" in excluded[truncated.name]
-    assert set(index.subject) == {f.name for f in folders[2:]} and len(index) == 6 * 2
+    assert set(index.subject) == {f.name for f in folders[2:]}
     assert no_seg.name in caplog.text and truncated.name in caplog.text
     with TaskData(tmp_path / "bms.h5") as data:
-        assert len(data) == 12
+        assert len(data) == len(index)
 
 
 def test_geometry_mismatch_flat_image_and_nothing_usable(tmp_path):
@@ -213,3 +219,88 @@ def test_split_subjects_and_settings():
     assert settings.crop_size_xyz == (48, 48, 32) and settings.cube_size_xyz == (32, 32, 16)
     assert settings.crops_per_subject == 3 and settings.seed == 2 and settings.val_fraction == 0.15
     assert BMSSettings.from_dict({"crop_size_xyz": [10, 10, 5]}).crop_size_xyz == (10, 10, 5)
+
+
+def test_fold_splits_are_the_authors():
+    # Recorded from the authors' bms_config (random.Random(4).shuffle of fold_1 + fold_2, first eighth validates):
+    # on sixteen ids it validates on s10 and s05; on their real fold files 190 pooled ids give 23 validation
+    # subjects, the first Brats18_CBICA_AXW_1, Brats18_TCIA02_605_1, Brats18_TCIA10_387_1, and 95 test subjects.
+    ids = [f"s{i:02d}" for i in range(16)]
+    splits = fold_splits([ids[:9], ids[9:], ["t0", "t1"]])
+    assert [k for k, v in splits.items() if v == "val"] == ["s10", "s05"]
+    assert sorted(k for k, v in splits.items() if v == "train") == sorted(set(ids) - {"s10", "s05"})
+    assert [k for k, v in splits.items() if v == "test"] == ["t0", "t1"]
+    with pytest.raises(ValueError, match="s03 is in fold 1 and fold 2"):
+        fold_splits([ids[:5], ids[3:], ["t0"]])
+
+
+def _write_fold(path: Path, ids: list[str]) -> str:
+    path.write_text("".join(f"{i}\n" for i in ids))
+    return str(path)
+
+
+def test_prepare_bms_with_fold_files_and_whole_volume_test_tiles(brats_root, tmp_path, caplog):
+    names = sorted(p.name for grade in ("HGG", "LGG") for p in (brats_root / grade).iterdir())
+    pool = names[:6] + ["Brats18_gone_1", "Brats18_gone_2"]
+    folds = [
+        _write_fold(tmp_path / "fold_1.csv", pool[:4]),
+        _write_fold(tmp_path / "fold_2.csv", pool[4:]),
+        _write_fold(tmp_path / "fold_3.csv", names[6:7]),
+    ]
+    # Crops the size of the cubes, so that the test tiles are the volume itself.
+    settings = BMSSettings(crop_size_xyz=(24, 24, 16), cube_size_xyz=(24, 24, 16), crops_per_subject=2, folds=folds)
+    with caplog.at_level(logging.WARNING, logger="semantic_genesis"):
+        index = prepare_bms(brats_root, tmp_path / "bms.h5", settings, synthetic=True)
+    expected = fold_splits([pool[:4], pool[4:], names[6:7]])
+    assert index.groupby("subject").split.first().to_dict() == {n: expected[n] for n in names[:7]}
+    assert "val" in set(index.split) and index.attrs["excluded"] == {names[7]: f"in none of the fold files {folds}"}
+    assert "2 of the 9 subjects listed in the fold files are not usable" in caplog.text
+    # Training crops are sampled (2 per subject); the test subject is tiled: each head voxel once.
+    assert (index[index.split != "test"].groupby("subject").size() == 2).all()
+    test = index[index.split == "test"]
+    image, mask = load_subject(brats_root / ("HGG" if (brats_root / "HGG" / names[6]).is_dir() else "LGG") / names[6])
+    starts = tile_starts(image > 0, (16, 24, 24))
+    assert len(test) == len(starts) > 2 and test.id.str.match(rf"{names[6]}:tile_\d+_\d+_\d+$").all()
+    with TaskData(tmp_path / "bms.h5") as data:
+        assert int(data.targets("test")[()].sum()) == int(mask.sum()) > 0
+        assert np.isclose(data.images("test")[()].astype(np.float64).sum(), image.sum(), rtol=1e-3)
+    sampled = prepare_bms(
+        brats_root, tmp_path / "s.h5", BMSSettings(**{**settings.__dict__, "test_crops": "sampled"}), 1
+    )
+    assert (sampled.groupby("subject").size() == 2).all()
+
+
+def test_tiles_cover_the_head_once_and_windows_pad():
+    brain = np.zeros((30, 50, 45), bool)
+    brain[3:27, 5:44, 2:41] = True
+    starts = tile_starts(brain, (10, 16, 16))
+    assert len(starts) == 3 * 3 * 3 and starts[0] == (0, 1, -2)  # 24 -> 3 x 10; 39 -> 3 x 16, 9 left, 4 before
+    covered = sum(window(brain.astype(np.uint8), s, (10, 16, 16)).sum() for s in starts)
+    assert covered == brain.sum()
+    array = np.arange(24).reshape(2, 3, 4)
+    np.testing.assert_array_equal(
+        window(array, (-1, 1, 2), (2, 3, 3)), [[[0] * 3] * 3, [[6, 7, 0], [10, 11, 0], [0] * 3]]
+    )
+
+
+def test_bad_fold_files_are_named(brats_root, tmp_path):
+    good = _write_fold(tmp_path / "fold_1.csv", ["a", "b"])
+    for name, content, message in (
+        ("missing.csv", None, "fold file not found"),
+        ("empty.csv", "\n\n", "lists no subject id"),
+        ("twice.csv", "a\nc\nc\n", r"lists \['c'\] more than once"),
+    ):
+        path = tmp_path / name
+        if content is not None:
+            path.write_text(content)
+        settings = BMSSettings(**{**SMALL_BMS.__dict__, "folds": (good, str(path))})
+        with pytest.raises(InputError, match=message) as info:
+            prepare_bms(brats_root, tmp_path / "bms.h5", settings, synthetic=True)
+        assert name in str(info.value) and not (tmp_path / "bms.h5").exists()
+    overlap = BMSSettings(**{**SMALL_BMS.__dict__, "folds": (good, _write_fold(tmp_path / "f3.csv", ["b"]))})
+    with pytest.raises(InputError, match="b is in fold 1 and fold 2"):
+        prepare_bms(brats_root, tmp_path / "bms.h5", overlap, synthetic=True)
+    with pytest.raises(ValueError, match="one file"):
+        BMSSettings(folds=(good,))
+    with pytest.raises(ValueError, match="test_crops"):
+        BMSSettings(test_crops="whole")

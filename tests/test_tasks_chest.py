@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import chest_like, write_volume
 
-from semantic_genesis.preprocess.ct import CTSettings, gather_manifests, preprocess_subset
+from semantic_genesis.preprocess.ct import CTSettings, gather_manifests, preprocess_subset, window_hu
 from semantic_genesis.preprocess.readers import InputError
 from semantic_genesis.resize import nearest_on_centres
 from semantic_genesis.synthetic.chest import SyntheticCTSettings, write_luna16
@@ -17,6 +17,7 @@ from semantic_genesis.tasks.lcs import (
     LCSSettings,
     prepare_lcs,
     proportional_splits,
+    resize_unit,
 )
 from semantic_genesis.tasks.ncc import NCCSettings, crop_padded, prepare_ncc, read_candidates, world_to_index
 from semantic_genesis.tasks.ncs import NCSSettings, prepare_ncs
@@ -312,6 +313,33 @@ def test_lcs_orientation_tiling_masks_and_bad_files(tmp_path, caplog):
         assert not np.array_equal(masks, nearest_on_centres(seg == 1, (8, 16, 16)))
         images = data.images("train")[()].astype(np.float32)
         assert images.min() >= 0 and images.max() <= 1
+
+
+def test_lcs_native_z_resamples_in_plane_only_and_pads_below(tmp_path):
+    root = tmp_path / "lits"
+    hu, seg = _liver()
+    _lits_pair(root, 0, hu, seg)  # 12 slices: one 8-slice cube and one padded with 4 slices of air
+    _lits_pair(root, 1, hu[:8], seg[:8])
+    _lits_pair(root, 2, hu, seg, flip=True)
+    settings = LCSSettings(
+        splits={"train": [0, 0], "val": [1, 1], "test": [2, 2]},
+        volume_size_xyz=(10, 10, 99),  # z unused
+        cube_size_xyz=(10, 10, 8),
+        native_z=True,
+    )
+    result = prepare_lcs(root, tmp_path / "lcs.h5", settings, synthetic=False)
+    assert result.groupby("volume").size().to_dict() == {0: 2, 1: 1, 2: 2}
+    assert list(result.id[result.volume == 0]) == ["volume-0:tile_0_0_0", "volume-0:tile_1_0_0"]
+    with TaskData(tmp_path / "lcs.h5") as data:
+        images, masks = data.images("train")[()].astype(np.float32), data.targets("train")
+        stacked = masks.reshape(16, 10, 10)
+        np.testing.assert_array_equal(stacked[:12], nearest_on_centres(seg >= 1, (12, 10, 10)))
+        assert not stacked[12:].any() and not images[1, 4:].any()  # below the scan: air and background
+        unit = resize_unit(window_hu(hu, (-1000, 1000)), (12, 10, 10), (-1000, 1000))
+        np.testing.assert_allclose(images.reshape(16, 10, 10)[:12], unit, atol=1 / 255)  # slices untouched
+        np.testing.assert_array_equal(data.images("test")[()], data.images("train")[()])
+    with pytest.raises(ValueError, match="multiple"):
+        LCSSettings(volume_size_xyz=(12, 10, 99), cube_size_xyz=(10, 10, 8), native_z=True)
 
 
 def test_lcs_settings():

@@ -547,6 +547,17 @@ def test_a_missing_root_or_file_is_named_before_any_job(user_roots, tmp_path):
     config["finetune"]["tasks"] = ["lcs"]
     code, output = dry_run(config, "finetune_3d")
     assert code != 0 and "data.lits_root" in output and "volume-*.nii* is missing" in output
+    # BMS fold files that are not there stop the run before any job, naming the key.
+    config = real_config(user_roots)
+    config["finetune"]["tasks"] = ["bms"]
+    folds = [str(tmp_path / name) for name in ("fold_1.csv", "fold_3.csv")]
+    config.setdefault("tasks", {}).setdefault("bms", {})["folds"] = folds
+    code, output = dry_run(config, "finetune_3d")
+    assert code != 0 and f"tasks.bms.folds: {tmp_path / 'fold_1.csv'} does not exist" in output
+    for name in ("fold_1.csv", "fold_3.csv"):
+        (tmp_path / name).write_text("Brats18_A_1\n")
+    code, output = dry_run(config, "finetune_3d")
+    assert code == 0, output
 
 
 def test_ncs_test_scans_can_be_kept_out_of_pretraining(tmp_path):

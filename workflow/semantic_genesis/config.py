@@ -115,8 +115,12 @@ def _check_consistency(config: dict) -> None:
         if tasks[name]["size"] % 32:
             raise ConfigError(f"config key 'tasks.{name}.size': {tasks[name]['size']} must be divisible by 32")
     volume, cube = tasks["lcs"]["volume_size"], tasks["lcs"]["cube_size"]
-    if any(v % c for v, c in zip(volume, cube)):
-        raise ConfigError(f"config key 'tasks.lcs.volume_size': {volume} must be a multiple of cube_size {cube}")
+    resampled = 2 if tasks["lcs"]["native_z"] else 3  # native slices are padded to the cube depth instead
+    if any(v % c for v, c in zip(volume[:resampled], cube)):
+        raise ConfigError(
+            f"config key 'tasks.lcs.volume_size': {volume[:resampled]} must be a multiple of cube_size "
+            f"{cube[:resampled]}"
+        )
     for split, pair in tasks["lcs"]["splits"].items():
         ordered(f"tasks.lcs.splits.{split}", pair)
     # The autoencoder pools levels - 1 times: its inputs must divide evenly, checked before preprocessing runs.

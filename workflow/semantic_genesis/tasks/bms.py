@@ -1,17 +1,24 @@
 """BMS, brain tumour segmentation: BraTS 2018 FLAIR crops with whole-tumour masks (label > 0) in the task store.
 
 Real layout: `<root>/{HGG,LGG}/<subject>/<subject>_flair.nii.gz` and `<subject>_seg.nii.gz` (t1, t1ce and t2 are
-ignored). Subjects are split train/val/test by subject with a seed. FLAIR is normalised per subject: values are
-clipped at the 0.5th and 99.5th percentiles of the brain voxels (> 0; BraTS zeroes everything outside the head) and
-scaled to [0, 1], so the background stays 0. Each subject gives `crops_per_subject` crops of crop_size voxels
-inside the bounding box of its non-zero voxels, at least half of them holding tumour, resized to cube_size
-(trilinear for the image, nearest for the mask). A volume smaller than the crop is zero-padded around its centre.
+ignored). Subjects are split train/val/test by subject, with a seed or, as the authors did, by fold files
+(`folds`: one subject id per line, the first CSV column, as their `keras/downstream_tasks/data/bms/fold_{1,2,3}.csv`;
+the last file is the test fold, the others are pooled, shuffled by Python's `random.Random(4)` and their first eighth
+is validation, exactly as their `bms_config`). FLAIR is normalised per subject: values are clipped at the 0.5th and
+99.5th percentiles of the brain voxels (> 0; BraTS zeroes everything outside the head) and scaled to [0, 1], so the
+background stays 0. Training and validation subjects give `crops_per_subject` crops of crop_size voxels inside the
+bounding box of their non-zero voxels, at least half of them holding tumour; test subjects are tiled whole
+(`test_crops: tiles`: crops side by side covering the head's bounding box, each voxel once, so the pooled test IoU
+is the whole volume's) or sampled like the others (`sampled`). Crops are resized to cube_size (trilinear for the
+image, nearest for the mask); a crop reaching past the volume is zero-padded.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -30,6 +37,10 @@ log = logging.getLogger(__name__)
 
 GRADES = ("HGG", "LGG")
 SAMPLE_COLUMNS = ["id", "subject", "grade", "split", "tumour_fraction"]
+TEST_CROPS = ("tiles", "sampled")
+# The authors' bms_config shuffles the pooled training folds with random.Random(4) and validates on the first eighth.
+FOLD_SHUFFLE_SEED = 4
+FOLD_VALIDATION_DIVISOR = 8
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,17 @@ class BMSSettings(Settings):
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
+    folds: tuple[str, ...] = ()
+    test_crops: str = "tiles"
+
+    def __post_init__(self):
+        if self.test_crops not in TEST_CROPS:
+            raise ValueError(f"test_crops is {self.test_crops!r}; use one of {TEST_CROPS}")
+        if len(self.folds) == 1:
+            raise ValueError(
+                f"folds lists one file ({self.folds[0]}); give the training folds and then the test fold, e.g. the "
+                "authors' fold_1.csv, fold_2.csv, fold_3.csv"
+            )
 
 
 def subject_files(folder: Path) -> tuple[Path | None, Path | None]:
@@ -86,6 +108,38 @@ def split_subjects(subjects: list[str], val_fraction: float, test_fraction: floa
     splits = ["val"] * counts["val"] + ["test"] * counts["test"]
     splits += ["train"] * (n - len(splits))
     return dict(zip(names, splits))
+
+
+def read_fold(path: Path | str) -> list[str]:
+    """The subject ids of one fold file (first CSV column, blank lines skipped); InputError if missing, empty or
+    repeating an id."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "fold file not found (tasks.bms.folds)")
+    with open(path, newline="") as handle:
+        ids = [row[0].strip() for row in csv.reader(handle) if row and row[0].strip()]
+    if not ids:
+        raise InputError(path, "fold file lists no subject id")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise InputError(path, f"fold file lists {repeated[:5]} more than once")
+    return ids
+
+
+def fold_splits(folds: list[list[str]]) -> dict[str, str]:
+    """Subject -> split from fold lists as the authors' bms_config: the last fold is test; the others, in order,
+    shuffled by random.Random(4), give validation their first eighth and train the rest."""
+    seen: dict[str, int] = {}
+    for k, fold in enumerate(folds):
+        for subject in fold:
+            if subject in seen:
+                raise ValueError(f"subject {subject} is in fold {seen[subject] + 1} and fold {k + 1}")
+            seen[subject] = k
+    pool = [s for fold in folds[:-1] for s in fold]
+    random.Random(FOLD_SHUFFLE_SEED).shuffle(pool)
+    n_val = len(pool) // FOLD_VALIDATION_DIVISOR
+    splits = dict.fromkeys(pool[:n_val], "val") | dict.fromkeys(pool[n_val:], "train")
+    return splits | dict.fromkeys(folds[-1], "test")
 
 
 def _same_geometry(a: sitk.Image, b: sitk.Image) -> str | None:
@@ -165,21 +219,78 @@ def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.pad(array, pad) if any(p != (0, 0) for p in pad) else array
 
 
+def tile_starts(brain: np.ndarray, crop_zyx: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Starts [z, y, x] of crops side by side that cover the brain's bounding box, the grid centred on it (starts
+    may lie outside the volume)."""
+    nonzero = np.argwhere(brain)
+    lo, hi = nonzero.min(0), nonzero.max(0) + 1
+    axes = []
+    for a, b, c in zip(lo, hi, crop_zyx):
+        count = -(-(int(b) - int(a)) // c)
+        first = int(a) - (count * c - (int(b) - int(a))) // 2
+        axes.append([first + k * c for k in range(count)])
+    return [tuple(int(axis[i]) for axis, i in zip(axes, t)) for t in np.ndindex(*(len(a) for a in axes))]
+
+
+def window(array: np.ndarray, start: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
+    """array[start : start + size], zero where the window reaches past the array."""
+    out = np.zeros(size, array.dtype)
+    src = tuple(slice(max(s, 0), min(s + n, dim)) for s, n, dim in zip(start, size, array.shape))
+    dst = tuple(slice(r.start - s, r.stop - s) for r, s in zip(src, start))
+    if all(r.stop > r.start for r in src):
+        out[dst] = array[src]
+    return out
+
+
 def subject_samples(
-    image: np.ndarray, mask: np.ndarray, settings: BMSSettings, rng: np.random.Generator
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image cube float32 in [0, 1], mask cube uint8) for each crop of one subject."""
+    image: np.ndarray, mask: np.ndarray, settings: BMSSettings, rng: np.random.Generator, tiled: bool = False
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(crop name, image cube float32 in [0, 1], mask cube uint8) for each crop of one subject: sampled crops
+    "0", "1", ... or, tiled, the crops covering the head "tile_z_y_x"."""
     crop = tuple(settings.crop_size_xyz[::-1])
     cube = tuple(settings.cube_size_xyz[::-1])
-    brain = image > 0
-    image, mask, brain = (_pad_to(a, crop) for a in (image, mask, brain))
+    if tiled:
+        starts = tile_starts(image > 0, crop)
+        names = [f"tile_{z}_{y}_{x}" for z, y, x in np.ndindex(*_grid_counts(starts))]
+    else:
+        image, mask = _pad_to(image, crop), _pad_to(mask, crop)
+        starts = crop_starts(image > 0, mask, crop, settings.crops_per_subject, rng)
+        names = [str(k) for k in range(len(starts))]
     out = []
-    for start in crop_starts(brain, mask, crop, settings.crops_per_subject, rng):
-        box = tuple(slice(s, s + c) for s, c in zip(start, crop))
-        cube_image = np.clip(spline_on_centres(image[box], cube, order=1), 0, 1)
-        cube_mask = spline_on_centres(mask[box].astype(np.uint8), cube, order=0)
-        out.append((cube_image, cube_mask))
+    for name, start in zip(names, starts):
+        cube_image = np.clip(spline_on_centres(window(image, start, crop), cube, order=1), 0, 1)
+        cube_mask = spline_on_centres(window(mask, start, crop).astype(np.uint8), cube, order=0)
+        out.append((name, cube_image, cube_mask))
     return out
+
+
+def _grid_counts(starts: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """How many distinct starts each axis of a tile grid has."""
+    return tuple(len({s[axis] for s in starts}) for axis in range(len(starts[0])))
+
+
+def _splits_from_folds(files: tuple[str, ...], candidates: list[str], exclude) -> dict[str, str]:
+    """The fold files' splits of the subjects found; found subjects in no fold are excluded, listed ones not found
+    are logged."""
+    folds = [read_fold(f) for f in files]
+    try:
+        listed = fold_splits(folds)
+    except ValueError as error:
+        raise InputError(Path(files[0]).parent, f"fold files {list(files)}: {error}") from None
+    for name in candidates:
+        if name not in listed:
+            exclude(name, f"in none of the fold files {list(files)}")
+    found = set(candidates)
+    missing = [name for name in listed if name not in found]
+    if missing:
+        log.warning(
+            "BMS: %d of the %d subjects listed in the fold files are not usable under the BraTS root: %s%s",
+            len(missing),
+            len(listed),
+            ", ".join(missing[:10]),
+            " ..." if len(missing) > 10 else "",
+        )
+    return {name: split for name, split in listed.items() if name in found}
 
 
 def prepare_bms(root: Path | str, out_h5: Path | str, settings: BMSSettings, synthetic: bool) -> pd.DataFrame:
@@ -204,7 +315,10 @@ def prepare_bms(root: Path | str, out_h5: Path | str, settings: BMSSettings, syn
         if flair is None or seg is None:
             exclude(name, f"no {'FLAIR' if flair is None else 'segmentation'} file in {Path(folder)}")
     candidates = [s for s in subjects.subject if s not in excluded]
-    splits = split_subjects(candidates, settings.val_fraction, settings.test_fraction, settings.seed)
+    if settings.folds:
+        splits = _splits_from_folds(settings.folds, candidates, exclude)
+    else:
+        splits = split_subjects(candidates, settings.val_fraction, settings.test_fraction, settings.seed)
     log.info(
         "BMS: %d subjects under %s, %d with both files, settings %s", len(subjects), root, len(candidates), settings
     )
@@ -228,8 +342,9 @@ def prepare_bms(root: Path | str, out_h5: Path | str, settings: BMSSettings, syn
                 continue
             # One generator per subject: its crops do not depend on which other subjects are usable.
             rng = np.random.default_rng([settings.seed, *row.subject.encode()])
-            for k, (cube_image, cube_mask) in enumerate(subject_samples(image, mask, settings, rng)):
-                sample_id = f"{row.subject}:{k}"
+            tiled = splits[row.subject] == "test" and settings.test_crops == "tiles"
+            for name, cube_image, cube_mask in subject_samples(image, mask, settings, rng, tiled):
+                sample_id = f"{row.subject}:{name}"
                 writer.add(splits[row.subject], cube_image, cube_mask, sample_id)
                 rows.append((sample_id, row.subject, row.grade, splits[row.subject], float(cube_mask.mean())))
         if not rows:

@@ -4,7 +4,9 @@ Real format (LiTS-2017 training batches): `<root>/volume-N.nii` (CT in HU) and `
 (0 background, 1 liver, 2 tumour; liver = label >= 1), N = 0..130; `.nii.gz` is accepted too. LiTS files come in
 several orientations (many are RAS-like, some with the slices running downwards), so each volume is reoriented to
 LPS first, then windowed, resampled to `volume_size_xyz` (area averaging where it shrinks, linear where it grows;
-the mask with nearest neighbour) and tiled into `cube_size_xyz` cubes, ids "volume-N:tile_z_y_x". The split is
+the mask with nearest neighbour) and tiled into `cube_size_xyz` cubes, ids "volume-N:tile_z_y_x". With `native_z`
+only x and y are resampled (the authors' in-plane 256x256) and the slices stay as scanned, the last cube padded
+with air (0) and background below the scan. The split is
 given by inclusive ranges of N (the paper: 0-99 train, 100-114 val, 115-129 test). Unreadable or truncated files,
 volume/segmentation size mismatches and segmentations without liver are excluded with a logged reason.
 
@@ -47,6 +49,7 @@ class LCSSettings(Settings):
     volume_size_xyz: tuple[int, int, int] = (128, 128, 64)
     cube_size_xyz: tuple[int, int, int] = (64, 64, 32)
     hu_window: tuple[int, int] = (-1000, 1000)
+    native_z: bool = False
 
     def __post_init__(self):
         unknown = set(self.splits) - set(SPLITS)
@@ -55,9 +58,12 @@ class LCSSettings(Settings):
         for split, (lo, hi) in self.splits.items():
             if hi < lo:
                 raise ValueError(f"split {split}: range [{lo}, {hi}] is empty")
-        if any(v % c or v < c for v, c in zip(self.volume_size_xyz, self.cube_size_xyz)):
+        resampled = 2 if self.native_z else 3  # native slices are padded to the cube depth instead
+        pairs = list(zip(self.volume_size_xyz, self.cube_size_xyz))[:resampled]
+        if any(v % c or v < c for v, c in pairs):
             raise ValueError(
-                f"volume_size_xyz {self.volume_size_xyz} must be a multiple of cube_size_xyz {self.cube_size_xyz}"
+                f"volume_size_xyz {self.volume_size_xyz[:resampled]} must be a multiple of cube_size_xyz "
+                f"{self.cube_size_xyz[:resampled]}"
             )
 
     def split_of(self, n: int) -> str | None:
@@ -112,8 +118,15 @@ def load_volume(volume: Path, segmentation: Path, settings: LCSSettings) -> tupl
     if not liver.any():
         raise InputError(segmentation, "has no liver voxel (label >= 1)")
     size_zyx = tuple(settings.volume_size_xyz[::-1])
+    if settings.native_z:
+        size_zyx = (len(labels), *size_zyx[1:])
     unit = resize_unit(window_hu(sitk.GetArrayViewFromImage(image), settings.hu_window), size_zyx, settings.hu_window)
-    return unit, nearest_on_centres(liver, size_zyx).astype(np.uint8)
+    mask = nearest_on_centres(liver, size_zyx).astype(np.uint8)
+    depth = settings.cube_size_xyz[2]
+    below = -len(unit) % depth
+    if below:  # native slices: the last cube reaches past the scan, into air and background
+        unit, mask = (np.pad(a, ((0, below), (0, 0), (0, 0))) for a in (unit, mask))
+    return unit, mask
 
 
 def tiles(size_zyx: tuple[int, ...], cube_zyx: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -137,7 +150,6 @@ def prepare_lcs(root: Path | str, out_h5: Path | str, settings: LCSSettings, syn
     volumes = find_volumes(root)
     if not volumes:
         raise NoUsableDataError(f"no volume-N.nii or volume-N.nii.gz under {root}")
-    size_zyx = tuple(settings.volume_size_xyz[::-1])
     cube_zyx = tuple(settings.cube_size_xyz[::-1])
     columns = ["id", "volume", "split", "tile_z", "tile_y", "tile_x", "liver_voxels", "status", "reason"]
     rows = []
@@ -152,7 +164,7 @@ def prepare_lcs(root: Path | str, out_h5: Path | str, settings: LCSSettings, syn
                 log.warning("excluded volume-%d: %s", n, error)
                 rows.append(dict(id=f"volume-{n}", volume=n, split=split, status="excluded", reason=str(error)))
                 continue
-            for tz, ty, tx in tiles(size_zyx, cube_zyx):
+            for tz, ty, tx in tiles(unit.shape, cube_zyx):
                 box = tuple(slice(t * c, (t + 1) * c) for t, c in zip((tz, ty, tx), cube_zyx))
                 sample_id = f"volume-{n}:tile_{tz}_{ty}_{tx}"
                 writer.add(split, unit[box], mask[box], sample_id)
