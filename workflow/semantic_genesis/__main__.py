@@ -1,0 +1,32 @@
+"""Command line: `python -m semantic_genesis import-weights --format FORMAT SRC.pt DEST/`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .networks.external import FORMATS, WeightsImportError, import_weights
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; errors print one line and exit 1."""
+    parser = argparse.ArgumentParser(prog="python -m semantic_genesis")
+    commands = parser.add_subparsers(dest="command", required=True)
+    weights = commands.add_parser(
+        "import-weights", help="convert the authors' released checkpoint into a pretrained folder"
+    )
+    weights.add_argument("--format", required=True, choices=FORMATS, help="whose checkpoint SRC is")
+    weights.add_argument("src", help="the checkpoint, e.g. Genesis_Chest_CT.pt or semantic_genesis_chest_ct.pt")
+    weights.add_argument("dest", help="the folder to write (new or empty)")
+    args = parser.parse_args(argv)
+    try:
+        dest = import_weights(args.src, args.dest, args.format)
+    except (WeightsImportError, FileNotFoundError, FileExistsError) as error:
+        print(f"import-weights: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {dest}: load it with semantic_genesis.networks.genesis.load_pretrained({str(dest)!r}, part='unet')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
