@@ -1,5 +1,5 @@
 # Semantic Genesis: self-discovery, self-classification and self-restoration pretraining for 3D CT and 2D X-ray.
-# Targets: all, preprocess_3d/_2d, discovery_3d/_2d, pretrain_3d/_2d, finetune_3d/_2d, tables.
+# Targets: all, preprocess_3d/_2d, discovery_3d/_2d, pretrain_3d/_2d, finetune_3d/_2d, tables; export_models.
 import os
 import sys
 from pathlib import Path
@@ -69,6 +69,11 @@ rule pretrain_3d:
 rule pretrain_2d:
     input:
         pretrain_outputs("cxr"),
+
+
+rule export_models:
+    input:
+        exported_models(),
 
 
 rule finetune_3d:

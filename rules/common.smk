@@ -2,6 +2,7 @@
 import glob
 
 from semantic_genesis.methods import METHODS
+from semantic_genesis.networks.package import EXPORTS
 from semantic_genesis.runtime.provenance import code_digest
 from semantic_genesis.tasks.taskdata import TASKS
 from semantic_genesis.preprocess.readers import VOLUME_SUFFIXES, data_files
@@ -218,10 +219,17 @@ def random_cube_settings(wildcards):
 def pretrain_outputs(kind):
     """Every pretraining artifact of one kind: each configured method's files and the transform gallery."""
     files = ["weights.pt", "encoder.pt", "architecture.json", "history.csv", "curves.png", "examples.png"]
+    files += ["model.safetensors", "config.json", "README.md"]
     methods = config["pretrain"]["methods"]
     return [f"results/{kind}/pretrain/{m}/{f}" for m in methods for f in files] + [
         f"results/{kind}/pretrain/transforms.png"
     ]
+
+
+def exported_models():
+    """torch.export programs of every configured method's encoder and U-Net, both kinds."""
+    methods = config["pretrain"]["methods"]
+    return [f"results/{kind}/pretrain/{m}/{part}.pt2" for kind in ("ct", "cxr") for m in methods for part in EXPORTS]
 
 
 # Target tasks: where each one's data comes from (a configured root, or its synthetic counterpart).
@@ -278,7 +286,12 @@ def data_source(name):
     source = {"name": name, "dataset": DATASETS[name], "root": root, "synthetic": synthetic}
     if name == "ncc":
         source["candidates"] = NCC_CANDIDATES
+    if name in PREPROCESSING_KEYS:  # how input values were made: the model card says it
+        source["preprocessing"] = {k: config["preprocess"][name][k] for k in PREPROCESSING_KEYS[name]}
     return source
+
+
+PREPROCESSING_KEYS = {"ct": ("hu_window", "spacing_mm", "orientation"), "cxr": ("size",)}
 
 
 # Tasks whose test cases can come from the pretraining collection: the manifest their overlap is counted against.

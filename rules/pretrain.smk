@@ -35,6 +35,10 @@ rule pretrain:
         weights="results/{kind}/pretrain/{method}/weights.pt",
         encoder="results/{kind}/pretrain/{method}/encoder.pt",
         architecture="results/{kind}/pretrain/{method}/architecture.json",
+        # The same weights as a model package: tensors without pickle, what they are, and a model card.
+        safetensors="results/{kind}/pretrain/{method}/model.safetensors",
+        package_config="results/{kind}/pretrain/{method}/config.json",
+        card="results/{kind}/pretrain/{method}/README.md",
         history="results/{kind}/pretrain/{method}/history.csv",
         curves=report(
             "results/{kind}/pretrain/{method}/curves.png",
@@ -71,6 +75,32 @@ rule pretrain:
         code=code("pretrain"),
     script:
         "../workflow/scripts/pretrain.py"
+
+
+rule export_model:
+    input:
+        weights="results/{kind}/pretrain/{method}/weights.pt",
+        encoder="results/{kind}/pretrain/{method}/encoder.pt",
+        architecture="results/{kind}/pretrain/{method}/architecture.json",
+    output:
+        encoder="results/{kind}/pretrain/{method}/encoder.pt2",
+        unet="results/{kind}/pretrain/{method}/unet.pt2",
+    log:
+        f"{LOGS}/export_model/{{kind}}/{{method}}.log",
+    benchmark:
+        f"{BENCHMARKS}/export_model/{{kind}}/{{method}}.tsv"
+    wildcard_constraints:
+        method="|".join(METHODS),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        code=code("export_model"),
+    script:
+        "../workflow/scripts/export_model.py"
 
 
 rule transform_gallery:

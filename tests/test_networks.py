@@ -189,7 +189,14 @@ def test_save_and_load_pretrained(dims: int, tmp_path: Path) -> None:
     net = trained_net(dims)
     folder = tmp_path / "pretrained"
     save_pretrained(net, folder, extra={"method": "semantic_genesis", "epoch": 3})
-    assert sorted(p.name for p in folder.iterdir()) == ["architecture.json", "encoder.pt", "weights.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "architecture.json",
+        "config.json",
+        "encoder.pt",
+        "model.safetensors",
+        "weights.pt",
+    ]
     architecture = json.loads((folder / "architecture.json").read_text())
     assert architecture["dims"] == dims and architecture["extra"] == {"method": "semantic_genesis", "epoch": 3}
 
@@ -218,6 +225,23 @@ def test_save_and_load_pretrained(dims: int, tmp_path: Path) -> None:
         fresh.load_state_dict(torch.load(folder / "weights.pt"))
         torch.testing.assert_close(fresh(x)[1], logits)
 
+        # The package files alone (a folder shared without the pickled .pt files) load to the same outputs.
+        package = tmp_path / "package"
+        package.mkdir()
+        for name in ("model.safetensors", "config.json", "README.md"):
+            (package / name).write_bytes((folder / name).read_bytes())
+        torch.testing.assert_close(load_pretrained(package, "unet")(x), restoration)
+        torch.testing.assert_close(load_pretrained(package)(x)[0], bottleneck)
+        torch.testing.assert_close(load_pretrained(package, "full")(x)[1], logits)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == {k: v for k, v in architecture.items() if k != "extra"}
+    assert (
+        config["input"]["axes"] == ("N, 1, z, y, x" if dims == 3 else "N, 1, y, x")
+        and config["method"] == "semantic_genesis"
+    )
+    card = (folder / "README.md").read_text()
+    assert card.startswith("# semantic_genesis pretrained") and "## Not for" in card and "load_pretrained" in card
+
 
 def test_decoder_classes_and_skip_count() -> None:
     assert isinstance(UNet3D(2).decoder, Decoder3D) and isinstance(UNet2D(2).decoder, Decoder2D)
@@ -240,3 +264,62 @@ def test_load_pretrained_errors(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         save_pretrained(GenesisNet(NetworkSettings(dims=2, base_width=2)), folder, extra={"path": folder})
     assert not (folder / "architecture.json").exists()  # nothing written when extra cannot be stored
+
+
+# Runs in a fresh interpreter that never imports semantic_genesis: the exported programs need plain PyTorch only.
+_PLAIN_TORCH = """
+import sys, torch
+folder, data = sys.argv[1], torch.load(sys.argv[2])
+outputs = {}
+for name in ("encoder", "unet"):
+    program = torch.export.load(f"{folder}/{name}.pt2").module()
+    outputs[name] = [program(x) for x in data["inputs"]]
+assert not any(m.startswith("semantic_genesis") for m in sys.modules), "the package was imported"
+torch.save(outputs, sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_exported_programs_run_without_the_package(dims: int, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from semantic_genesis.networks.export import export_pretrained
+
+    folder = tmp_path / "pretrained"
+    save_pretrained(trained_net(dims), folder)
+    assert sorted(export_pretrained(folder)) == ["encoder", "unet"]
+    divisor = 8 if dims == 3 else 32
+    # Other batch and spatial sizes than the export's example (2 and 3 x divisor on every axis).
+    shapes = [(1, 1, *[2 * divisor] * dims), (3, 1, *[divisor * (k + 2) for k in range(dims)])]
+    inputs = [torch.rand(*shape) for shape in shapes]
+    torch.save({"inputs": inputs}, tmp_path / "inputs.pt")
+    done = subprocess.run(
+        [sys.executable, "-c", _PLAIN_TORCH, str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    outputs = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        for x, got in zip(inputs, outputs["unet"]):
+            torch.testing.assert_close(got, load_pretrained(folder, "unet")(x))
+        for x, (bottleneck, skips) in zip(inputs, outputs["encoder"]):
+            expected, expected_skips = load_pretrained(folder, "encoder")(x)
+            torch.testing.assert_close(bottleneck, expected)
+            assert len(skips) == len(expected_skips)
+
+
+def test_monai_example_fine_tunes_a_pretrained_unet(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    save_pretrained(trained_net(3), tmp_path / "pretrained")
+    example = Path(__file__).parents[1] / "docs" / "examples" / "monai_finetune.py"
+    command = [sys.executable, str(example), str(tmp_path / "pretrained"), "--steps", "3", "--size", "16", "32", "32"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    losses = [float(line.rsplit(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("step ")]
+    assert len(losses) == 3 and all(0 <= loss <= 1 for loss in losses)

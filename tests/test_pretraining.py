@@ -1,5 +1,6 @@
 """Pretraining: every method end to end, falling losses, exported weights, lazy data, fixed validation, resume."""
 
+import json
 import pickle
 
 import h5py
@@ -81,6 +82,12 @@ def test_every_method_trains_falls_and_exports(method, patches_3d, tmp_path):
     if logits is not None:
         assert logits.shape == (2, 3)
     assert pd.read_csv(tmp_path / "history.csv").shape[0] == 4
+    # The model package: what the weights are and were trained on.
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["method"] == method and config["input"]["patch_size"] == list(SHAPE_3D)
+    assert config["training"]["best_epoch"] in (1, 2, 3, 4) and config["data"] == []
+    card = (tmp_path / "README.md").read_text()
+    assert f"# {method} pretrained 3D" in card and f"best epoch {config['training']['best_epoch']}" in card
 
 
 def test_classification_learns_the_discovered_classes(patches_3d, tmp_path):

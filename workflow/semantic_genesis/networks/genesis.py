@@ -2,7 +2,9 @@
 
 A folder written by save_pretrained holds weights.pt (the whole GenesisNet), encoder.pt (the encoder alone) and
 architecture.json (the NetworkSettings that rebuild the modules). Both weight files are plain state dicts of CPU
-tensors, so `Encoder3D().load_state_dict(torch.load("encoder.pt"))` works without any key surgery.
+tensors, so `Encoder3D().load_state_dict(torch.load("encoder.pt"))` works without any key surgery. The same folder
+is a model package (networks/package.py): model.safetensors, config.json and a model card, which load_pretrained
+reads as well when the .pt files are absent.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 
 from ..runtime.files import atomic_path
 from ..settings import Settings
+from .package import CONFIG_FILE, SAFETENSORS_FILE, read_package, write_package
 from .unet2d import ResNetEncoder2D, UNet2D
 from .unet3d import Encoder3D, UNet3D, conv_bn_relu
 
@@ -115,6 +118,7 @@ def save_pretrained(model: GenesisNet, folder: Path | str, extra: Mapping | None
     architecture = json.dumps({**asdict(model.settings), "extra": dict(extra or {})}, indent=2) + "\n"
     _save_state(model, folder / WEIGHTS_FILE)
     _save_state(model.unet.encoder, folder / ENCODER_FILE)
+    write_package(folder, model.state_dict(), asdict(model.settings), dict(extra or {}))
     with atomic_path(folder / ARCHITECTURE_FILE) as tmp:
         tmp.write_text(architecture)
 
@@ -122,7 +126,8 @@ def save_pretrained(model: GenesisNet, folder: Path | str, extra: Mapping | None
 def load_pretrained(path: Path | str, part: str = "encoder", map_location: str | torch.device = "cpu") -> nn.Module:
     """GenesisNet ("full"), its U-Net ("unet") or its encoder ("encoder") from a save_pretrained folder, in eval mode.
 
-    path is the folder, or weights.pt / encoder.pt inside it; architecture.json is read from the same folder.
+    path is the folder, or weights.pt / encoder.pt inside it; architecture.json is read from the same folder. A folder
+    with only the package files (model.safetensors and config.json) loads too.
     """
     if part not in PARTS:
         raise ValueError(f"unknown part {part!r}; valid parts are {', '.join(PARTS)}")
@@ -132,12 +137,20 @@ def load_pretrained(path: Path | str, part: str = "encoder", map_location: str |
     else:
         folder, weights = path.parent, path
     architecture = folder / ARCHITECTURE_FILE
-    if not architecture.is_file():
-        raise FileNotFoundError(f"{architecture} is missing: load_pretrained reads a folder written by save_pretrained")
-    if not weights.is_file():
-        raise FileNotFoundError(f"no weights file at {weights}")
-    settings = NetworkSettings.from_dict(json.loads(architecture.read_text()))
-    state = torch.load(weights, map_location=map_location, weights_only=True)
+    if path.is_dir() and not weights.is_file() and (folder / SAFETENSORS_FILE).is_file():
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{folder / CONFIG_FILE} is missing: it says what {SAFETENSORS_FILE} holds")
+        values, state = read_package(folder, "encoder" if part == "encoder" else "full")
+    else:
+        if not architecture.is_file():
+            raise FileNotFoundError(
+                f"{architecture} is missing: load_pretrained reads a folder written by save_pretrained"
+            )
+        if not weights.is_file():
+            raise FileNotFoundError(f"no weights file at {weights}")
+        values = json.loads(architecture.read_text())
+        state = torch.load(weights, map_location=map_location, weights_only=True)
+    settings = NetworkSettings.from_dict(values)
     # Judge by content rather than file name, so renamed copies of encoder.pt are recognised too.
     if not any(name.startswith("unet.") for name in state):
         if part != "encoder":

@@ -569,6 +569,7 @@ def _pretrain(
             "best": best[0] if best else {},
             "settings": asdict(settings),
             "patches": str(patches_h5),
+            "patch_size": list(run.data["train"].shape),
             "patches_sha256": fingerprint,
             "data": list(sources),
         }
