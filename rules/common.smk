@@ -1,5 +1,6 @@
 # Paths, input functions and wildcard constraints shared by the rules.
 import glob
+import json
 
 from semantic_genesis.methods import METHODS
 from semantic_genesis.networks.package import EXPORTS
@@ -84,7 +85,7 @@ CT_SUBSETS = _available_subsets()
 wildcard_constraints:
     subset="|".join(CT_SUBSETS),
     kind="ct|cxr",
-    method="|".join(["scratch", *METHODS]),
+    method="|".join(["scratch", *METHODS, *config["finetune"]["external"]]),
     task="|".join(TASKS),
     run=r"\d+",
 
@@ -363,13 +364,52 @@ def task_kind(task):
     return "ct" if TASKS[task].dims == 3 else "cxr"
 
 
+# External models (finetune.external): name -> a pretrained folder, or a released checkpoint file of the authors.
+EXTERNAL = config["finetune"]["external"]
+
+
+def external_folder(name):
+    """An external model's pretrained folder: the configured folder itself (read, never written), or the import of
+    a released checkpoint file under results/external/ (rule import_weights)."""
+    path = EXTERNAL[name]
+    return path if os.path.isdir(path) else f"results/external/{name}"
+
+
+def external_dims(name):
+    """2 or 3: the dimension of an external model, checked to exist before any job runs."""
+    path = EXTERNAL[name]
+    key = f"finetune.external.{name}"
+    if os.path.isfile(path):
+        return 3  # both released checkpoints (Models Genesis, Semantic Genesis) are 3D CT models
+    architecture = os.path.join(path, "architecture.json")
+    if not os.path.isfile(architecture):
+        raise WorkflowError(
+            f"{key}: {path} is neither a released checkpoint file nor a pretrained folder with architecture.json; "
+            "point it at Genesis_Chest_CT.pt / semantic_genesis_chest_ct.pt, or at a folder written by "
+            "`python -m semantic_genesis import-weights`"
+        )
+    with open(architecture) as handle:
+        return int(json.load(handle)["dims"])
+
+
+def finetune_methods(task):
+    """The methods fine-tuned on a task: the configured ones, then the external models of the task's dimension."""
+    dims = TASKS[task].dims
+    return [*config["finetune"]["methods"], *(name for name in EXTERNAL if external_dims(name) == dims)]
+
+
 def finetune_inputs(wildcards):
-    """The task file and, unless from scratch, the pretrained weights of the task's dimension."""
+    """The task file and, unless from scratch, the pretrained weights (of the task's dimension, or an external
+    model's)."""
     inputs = {"data": f"results/tasks/{wildcards.task}/data.h5", "index": f"results/tasks/{wildcards.task}/index.tsv"}
-    if wildcards.method != "scratch":
+    if wildcards.method == "scratch":
+        return inputs
+    if wildcards.method in EXTERNAL:
+        folder = external_folder(wildcards.method)
+    else:
         folder = f"results/{task_kind(wildcards.task)}/pretrain/{wildcards.method}"
-        inputs |= {name: f"{folder}/{name}.{ext}" for name, ext in (("weights", "pt"), ("encoder", "pt"))}
-        inputs["architecture"] = f"{folder}/architecture.json"
+    inputs |= {name: f"{folder}/{name}.{ext}" for name, ext in (("weights", "pt"), ("encoder", "pt"))}
+    inputs["architecture"] = f"{folder}/architecture.json"
     return inputs
 
 
@@ -396,6 +436,6 @@ def finetune_files(name, dims=None):
         f"results/finetune/{task}/{method}/run{run}/{name}"
         for task in FINETUNE_TASKS
         if dims is None or TASKS[task].dims == dims
-        for method in config["finetune"]["methods"]
+        for method in finetune_methods(task)
         for run in range(config["finetune"]["runs"])
     ]

@@ -28,6 +28,36 @@ rule finetune:
         "../workflow/scripts/finetune.py"
 
 
+if EXTERNAL:
+
+    rule import_weights:
+        input:
+            checkpoint=lambda wildcards: EXTERNAL[wildcards.name],
+        output:
+            weights="results/external/{name}/weights.pt",
+            encoder="results/external/{name}/encoder.pt",
+            architecture="results/external/{name}/architecture.json",
+            safetensors="results/external/{name}/model.safetensors",
+            package_config="results/external/{name}/config.json",
+            card="results/external/{name}/README.md",
+        log:
+            f"{LOGS}/import_weights/{{name}}.log",
+        benchmark:
+            f"{BENCHMARKS}/import_weights/{{name}}.tsv"
+        wildcard_constraints:
+            name="|".join(EXTERNAL),
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=10,
+        params:
+            code=code("import_weights"),
+        script:
+            "../workflow/scripts/import_weights.py"
+
+
 rule tables:
     input:
         metrics=finetune_files("metrics.json"),

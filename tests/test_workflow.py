@@ -575,3 +575,36 @@ def test_ncs_test_scans_can_be_kept_out_of_pretraining(tmp_path):
         "scans named as target-task test cases kept out of pretraining"
         in (tmp_path / "results/logs/ct_manifest.log").read_text()
     )
+
+
+def test_external_weights_fine_tune_beside_ours_and_reach_the_tables(tmp_path):
+    from test_external_weights import their_checkpoint
+
+    from semantic_genesis.networks.external import import_weights, sha256
+
+    released = tmp_path / "downloads" / "semantic_genesis_chest_ct.pt"
+    released.parent.mkdir()
+    their_checkpoint(released, w=2, head=True)
+    their_checkpoint(tmp_path / "mg.pt", w=2)
+    imported = import_weights(tmp_path / "mg.pt", tmp_path / "mg", "auto")
+    before = snapshot(tmp_path / "downloads") | snapshot(imported)
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["finetune"] |= {"tasks": ["ncs"], "methods": ["scratch"], "runs": 2}
+    config["finetune"]["external"] = {"authors_sg": str(released), "authors_mg": str(imported)}
+    snakemake(tmp_path, "tables", "--configfile", write_config(tmp_path / "external.yaml", config), "--cores", "2")
+    assert snapshot(tmp_path / "downloads") | snapshot(imported) == before, "the user's files were modified"
+    architecture = json.loads((tmp_path / "results/external/authors_sg/architecture.json").read_text())
+    assert architecture["extra"]["external"]["format"] == "semantic_genesis"  # told by its keys
+    for name in ("authors_sg", "authors_mg"):
+        metrics = json.loads((tmp_path / f"results/finetune/ncs/{name}/run1/metrics.json").read_text())
+        assert metrics["method"] == name and "external" in metrics["pretraining"]
+    table = (tmp_path / "results/tables/comparison_3d.md").read_text()
+    assert "authors\\_sg‡" in table and "authors\\_mg‡" in table and "‡: external weights" in table
+    assert sha256(released) in table and sha256(tmp_path / "mg.pt") in table
+    runs = pd.read_csv(tmp_path / "results/tables/runs.csv")
+    assert sorted(runs.method.unique()) == ["authors_mg", "authors_sg", "scratch"]
+    config["finetune"]["external"] = {"scratch": str(released)}
+    result = snakemake(
+        tmp_path, "-n", "tables", "--configfile", write_config(tmp_path / "bad.yaml", config), check=False
+    )
+    assert result.returncode != 0 and "finetune.external.scratch" in result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""Command line: `python -m semantic_genesis import-weights --format FORMAT SRC.pt DEST/`."""
+"""Command line: `python -m semantic_genesis import-weights [--format FORMAT] SRC.pt DEST/`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     weights = commands.add_parser(
         "import-weights", help="convert the authors' released checkpoint into a pretrained folder"
     )
-    weights.add_argument("--format", required=True, choices=FORMATS, help="whose checkpoint SRC is")
+    weights.add_argument(
+        "--format", default="auto", choices=[*FORMATS, "auto"], help="whose checkpoint SRC is (auto: by its keys)"
+    )
     weights.add_argument("src", help="the checkpoint, e.g. Genesis_Chest_CT.pt or semantic_genesis_chest_ct.pt")
     weights.add_argument("dest", help="the folder to write (new or empty)")
     args = parser.parse_args(argv)

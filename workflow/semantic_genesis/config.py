@@ -89,6 +89,12 @@ def _check_consistency(config: dict) -> None:
             seen[subset] = split
     if not config["preprocess"]["ct"]["splits"]["train"]:
         raise ConfigError("config key 'preprocess.ct.splits.train': needs at least one subset")
+    for name in config["finetune"]["external"]:
+        if name == "scratch" or name in METHODS:
+            raise ConfigError(
+                f"config key 'finetune.external.{name}': the name is taken by a method of this workflow; name the "
+                "external model otherwise (e.g. authors_models_genesis)"
+            )
     missing = [m for m in config["finetune"]["methods"] if m != "scratch" and m not in config["pretrain"]["methods"]]
     if config["finetune"]["tasks"] and missing:
         raise ConfigError(

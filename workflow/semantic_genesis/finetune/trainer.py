@@ -141,6 +141,8 @@ def pretraining_record(pretrained: Path | str | None) -> dict | None:
     if pretrained is None:
         return None
     extra = pretrained_architecture(pretrained).get("extra", {})
+    if "external" in extra:  # someone else's weights: what they are, not how we would have trained them
+        return {"external": extra["external"]}
     settings = extra.get("settings", {})
     # Weights pretrained before data and optimizer were settings were trained on patches with Adam.
     record = {"data": "patches", "optimizer": "adam", **{k: settings[k] for k in PRETRAINING_KEYS if k in settings}}
@@ -164,8 +166,9 @@ def build_model(settings: FinetuneSettings, pretrained: Path | str | None = None
                 f"{pretrained} holds a {architecture.get('dims')}D network, but task {settings.task} is {spec.dims}D: "
                 f"fine-tune {spec.dims}D tasks from {spec.dims}D pretraining"
             )
-        trained_method = architecture.get("extra", {}).get("method")
-        if trained_method is not None and trained_method != settings.method:
+        extra = architecture.get("extra", {})
+        trained_method = extra.get("method")
+        if trained_method is not None and trained_method != settings.method and "external" not in extra:
             log.warning("%s was pretrained by %s; the run is labelled %s", pretrained, trained_method, settings.method)
         if spec.kind == "segmentation" and architecture.get("restoration") is False:
             log.warning("%s was pretrained without restoration: its decoder is untrained", pretrained)

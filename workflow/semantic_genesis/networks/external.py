@@ -100,11 +100,16 @@ def _key_map() -> dict[str, str]:
     return names
 
 
+def detect_format(state: Mapping[str, torch.Tensor]) -> str:
+    """semantic_genesis when the checkpoint has Semantic Genesis' classification head, else models_genesis."""
+    return "semantic_genesis" if any(k.startswith(_DROPPED["semantic_genesis"]) for k in state) else "models_genesis"
+
+
 def convert_state(state: Mapping[str, torch.Tensor], fmt: str, source: str) -> tuple[dict, int, list[str]]:
     """(our GenesisNet state dict, base width, dropped keys) from their state dict; WeightsImportError naming the key
     that is missing, unexpected or of the wrong shape."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
+        raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS} (or auto, in import_weights)")
     names = _key_map()
     folded = {f"{theirs}.{j}.conv1.bias": f"{ours}.{j}.1.running_mean" for theirs, ours in _DOUBLE_CONVS.items()
               for j in (0, 1)}  # fmt: skip
@@ -143,13 +148,15 @@ def convert_state(state: Mapping[str, torch.Tensor], fmt: str, source: str) -> t
 
 def import_weights(src: Path | str, dest: Path | str, fmt: str) -> Path:
     """Convert an authors' checkpoint into a pretrained folder at dest (written only when complete; an existing dest
-    must be a folder this function wrote or empty)."""
+    must be a folder this function wrote or empty); fmt "auto" tells the formats apart by the classification head."""
     src, dest = Path(src), Path(dest)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no such checkpoint file")
     if dest.exists() and any(dest.iterdir()) and not (dest / "architecture.json").is_file():
         raise FileExistsError(f"{dest} exists and is not a pretrained folder: choose an empty or new folder")
-    state, width, dropped = convert_state(read_checkpoint(src), fmt, str(src))
+    state = read_checkpoint(src)
+    fmt = detect_format(state) if fmt == "auto" else fmt
+    state, width, dropped = convert_state(state, fmt, str(src))
     net = GenesisNet(NetworkSettings(dims=3, base_width=width, num_classes=0))
     net.load_state_dict(state)
     extra = {

@@ -316,13 +316,24 @@ POLICY_WORDS = {
 
 
 def describe_pretraining(record: Mapping) -> str:
-    """One run's pretraining in words: data, optimiser with its settings, schedule, transforms."""
+    """One run's pretraining in words: data, optimiser with its settings, schedule, transforms (or, for external
+    weights, which file with its digest)."""
+    if "external" in record:
+        ext = record["external"]
+        return f"the authors' released {ext.get('format')} weights {ext.get('file')} (sha256 {ext.get('sha256')})"
     data = {"patches": "self-discovered patches", "random_cubes": "random cubes"}.get(record["data"], record["data"])
     optimiser = {"adam": "Adam", "sgd": "SGD"}.get(record["optimizer"], record["optimizer"])
     momentum = f", momentum {record['momentum']:g}" if "momentum" in record else ""
     training = f"lr {record.get('lr', float('nan')):g}{momentum}, batch {record.get('batch_size', '?')}"
     policy = POLICY_WORDS.get(record.get("policy") or "identity", record.get("policy"))
     return f"{data}, {optimiser} ({training}), {record.get('schedule', '?')} schedule, {policy}"
+
+
+def external_methods(runs: pd.DataFrame) -> set[str]:
+    """Methods whose runs started from external weights (their pretraining record names a file)."""
+    if "pretraining" not in runs:
+        return set()
+    return {m for m, r in zip(runs["method"], runs["pretraining"]) if isinstance(r, Mapping) and "external" in r}
 
 
 def pretraining_note(runs: pd.DataFrame, methods: Iterable[str]) -> str | None:
@@ -380,11 +391,12 @@ def _table(
         if with_paper:
             header.append(f"{task.upper()} paper")
     body, data, used_dagger = [], [], False
+    external = external_methods(runs)
     for method in rows:
         has_runs = bool((runs["method"] == method).any())
         only_paper = method in published_only and not has_runs
         used_dagger |= only_paper
-        label = labels.get(method, method_label(method)) + ("†" if only_paper else "")
+        label = labels.get(method, method_label(method)) + ("†" if only_paper else "") + ("‡" * (method in external))
         cells = [label]
         for task in tasks:
             row = stats_of.get((task, method))
@@ -424,6 +436,11 @@ def _table(
     )
     if used_dagger:
         notes.append("†: published numbers only (pretrained model not available to us).")
+    if external & set(rows):
+        notes.append(
+            "‡: external weights (finetune.external), fine-tuned under this protocol; their files and digests are "
+            "in the pretraining note."
+        )
     notes += [note for note in (pretraining_note(runs, rows), overlap_note(runs, tasks)) if note]
     if with_paper:
         notes.append(paper_note)
