@@ -134,6 +134,17 @@ def cxr_inputs(wildcards):
     return files
 
 
+def cxr_manifest_inputs(wildcards):
+    """Every radiograph shard (images and manifest rows) and the index files the joined manifest checks."""
+    shards = range(config["preprocess"]["cxr"]["shards"])
+    return {
+        "h5": [f"results/cxr/shards/{k}.h5" for k in shards],
+        "tsv": [f"results/cxr/shards/{k}.tsv" for k in shards],
+        "entries": f"{CXR_ROOT}/Data_Entry_2017.csv",
+        "train_val": f"{CXR_ROOT}/train_val_list.txt",
+    }
+
+
 def synthetic_montages(kind):
     """The synthetic data's montage when that data source is synthetic, so a person can see what was generated."""
     synthetic = SYNTHETIC_CT if kind == "ct" else SYNTHETIC_CXR

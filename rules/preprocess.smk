@@ -51,12 +51,14 @@ rule preprocess_cxr:
     input:
         unpack(cxr_inputs),
     output:
-        h5="results/cxr/images.h5",
-        tsv=report("results/cxr/images.tsv", category="Data", caption="../report/images.rst"),
+        h5="results/cxr/shards/{shard}.h5",
+        tsv="results/cxr/shards/{shard}.tsv",
     log:
-        f"{LOGS}/preprocess_cxr.log",
+        f"{LOGS}/preprocess_cxr/{{shard}}.log",
     benchmark:
-        f"{BENCHMARKS}/preprocess_cxr.tsv"
+        f"{BENCHMARKS}/preprocess_cxr/{{shard}}.tsv"
+    wildcard_constraints:
+        shard=r"\d+",
     conda:
         ENV
     threads: 4
@@ -66,6 +68,29 @@ rule preprocess_cxr:
     params:
         settings=config["preprocess"]["cxr"],
         strict=config["preprocess"]["strict"],
+        shards=config["preprocess"]["cxr"]["shards"],
         code=code("preprocess_cxr"),
     script:
         "../workflow/scripts/preprocess_cxr.py"
+
+
+rule cxr_manifest:
+    input:
+        unpack(cxr_manifest_inputs),
+    output:
+        h5="results/cxr/images.h5",
+        tsv=report("results/cxr/images.tsv", category="Data", caption="../report/images.rst"),
+    log:
+        f"{LOGS}/cxr_manifest.log",
+    benchmark:
+        f"{BENCHMARKS}/cxr_manifest.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code("cxr_manifest"),
+    script:
+        "../workflow/scripts/cxr_manifest.py"

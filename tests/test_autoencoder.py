@@ -132,6 +132,29 @@ def test_embed_images_shape_and_determinism(trained) -> None:
     np.testing.assert_allclose(latents[:1], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_lazy_image_set_trains_exactly_as_the_arrays(tmp_path) -> None:
+    from semantic_genesis.discovery.inputs import ImageSet
+
+    train, val = shapes(6, 2, seed=5), shapes(2, 2, seed=6)
+    reads = []
+
+    def lazy(images: np.ndarray) -> ImageSet:
+        def reader(i: int) -> np.ndarray:
+            reads.append(i)
+            return images[i]
+
+        return ImageSet(len(images), images.shape[1:], reader)
+
+    settings = dataclasses.replace(TINY_2D, max_epochs=2)
+    arrays = train_autoencoder(train, val, settings, tmp_path / "arrays")
+    lazily = train_autoencoder(lazy(train), lazy(val), settings, tmp_path / "lazy")
+    pd.testing.assert_frame_equal(arrays.drop(columns="seconds"), lazily.drop(columns="seconds"))
+    assert_same_run(tmp_path / "arrays", tmp_path / "lazy")
+    assert reads and max(reads) < len(train)
+    model = load_autoencoder(tmp_path / "lazy" / "model.pt")
+    np.testing.assert_array_equal(embed_images(model, lazy(val), 2), embed_images(model, val, 2))
+
+
 def assert_same_run(a, b) -> None:
     """Two output folders with bitwise equal best weights and equal losses."""
     first, second = (torch.load(folder / "model.pt", weights_only=True) for folder in (a, b))

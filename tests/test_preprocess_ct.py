@@ -9,18 +9,19 @@ import pytest
 import SimpleITK as sitk
 from conftest import chest_like, write_png, write_volume
 
+from semantic_genesis.discovery.inputs import ct_inputs
 from semantic_genesis.preprocess.ct import (
     CTSettings,
     PreprocessedCT,
     gather_manifests,
     implausible_chest_ct,
-    load_thumbnails,
     preprocess_scan,
     preprocess_subset,
     thumbnail,
     to_unit,
 )
 from semantic_genesis.preprocess.readers import InputError, NoUsableDataError
+from semantic_genesis.runtime.files import write_tsv
 
 SMALL = CTSettings(min_slices=16, thumbnail_size=(16, 16, 8), chunk=(16, 16, 8), compression="lzf")
 
@@ -202,14 +203,19 @@ def test_load_thumbnails_keeps_manifest_order(tmp_path):
     manifest, out_h5, _ = _subset(tmp_path)
     other = [write_volume(tmp_path / "b" / f"b{i}.nrrd", chest_like(seed=10 + i)) for i in range(2)]
     manifest_b = preprocess_subset(
-        [str(p) for p in other], "subset1", "val", SMALL, tmp_path / "b.h5", tmp_path / "b.tsv"
+        [str(p) for p in other], "subset1", "val", SMALL, tmp_path / "subset1.h5", tmp_path / "b.tsv"
     )
     joined = pd.concat([manifest_b, manifest], ignore_index=True)
-    usable, thumbs = load_thumbnails(joined, {"subset0": out_h5, "subset1": tmp_path / "b.h5"})
+    write_tsv(joined, tmp_path / "scans.tsv")
+    usable, images = ct_inputs(tmp_path / "scans.tsv", [str(out_h5), str(tmp_path / "subset1.h5")])
     assert usable.id.tolist() == ["b0", "b1", "good0", "good1"]
-    assert thumbs.shape == (4, 8, 16, 16) and thumbs.dtype == np.float32
+    thumbs = images.read([0, 1, 2, 3])
+    assert len(images) == 4 and thumbs.shape == (4, 8, 16, 16) and thumbs.dtype == np.float32
     with PreprocessedCT(out_h5) as store:
         np.testing.assert_array_equal(thumbs[3], store.thumbnail("good1"))
+        np.testing.assert_array_equal(images.read([3, 0])[0], store.thumbnail("good1"))  # in the order asked
+    val = images.subset(usable.split == "val")
+    assert len(val) == 2 and np.array_equal(val.read([1]), thumbs[1:2])
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,9 @@ from semantic_genesis.preprocess.cxr import (
     CXRSettings,
     PreprocessedCXR,
     assign_splits,
+    join_shards,
     preprocess_chestxray14,
+    preprocess_shard,
     read_chestxray14_index,
 )
 from semantic_genesis.preprocess.readers import InputError, NoUsableDataError
@@ -70,8 +72,43 @@ def test_preprocess_stores_images_and_records_bad_ones(tmp_path):
             value = (10 * [r[0] for r in rows].index(original[0])) % 190
             np.testing.assert_allclose(image[:12], value / 255.0, atol=1 / 255)  # away from the step's ringing
             np.testing.assert_allclose(image[20:], (value + 64) / 255.0, atol=1 / 255)
-    with h5py.File(tmp_path / "out.h5") as h5:
-        assert h5["images"].chunks == (1, 32, 32) and h5["images"].dtype == np.uint8
+    with h5py.File(tmp_path / "out.h5") as h5, h5py.File(tmp_path / "shard-0.h5") as shard:
+        assert h5["images"].is_virtual and h5["images"].dtype == np.uint8
+        assert shard["images"].chunks == (1, 32, 32)
+
+
+def test_shards_join_into_the_same_data_set(tmp_path):
+    rows = make_cxr14(tmp_path / "cxr", patients=5)
+    bad = tmp_path / "cxr" / "images" / rows[3][0]
+    bad.write_bytes(bad.read_bytes()[:30])
+    settings = CXRSettings(size=16, val_fraction=0.25)
+    whole = preprocess_chestxray14(
+        tmp_path / "cxr", settings, tmp_path / "one" / "images.h5", tmp_path / "one" / "m.tsv"
+    )
+    parts = tmp_path / "three" / "shards"
+    for k in range(3):
+        preprocess_shard(tmp_path / "cxr", settings, parts / f"{k}.h5", parts / f"{k}.tsv", k, 3)
+    h5s, tsvs = [parts / f"{k}.h5" for k in range(3)], [parts / f"{k}.tsv" for k in range(3)]
+    joined = join_shards(h5s, tsvs, tmp_path / "cxr", tmp_path / "three" / "images.h5", tmp_path / "three" / "m.tsv")
+    pd.testing.assert_frame_equal(
+        joined.sort_values("id").reset_index(drop=True), whole.sort_values("id").reset_index(drop=True)
+    )
+    with PreprocessedCXR(tmp_path / "one" / "images.h5") as a, PreprocessedCXR(tmp_path / "three" / "images.h5") as b:
+        assert a.ids == b.ids and len(b) == len(rows) - 1
+        for i in range(len(a)):
+            np.testing.assert_array_equal(a.image(i), b.image(i))
+    # The results folder moves as a whole: the virtual data set finds its shards relative to itself.
+    (tmp_path / "three").rename(tmp_path / "moved")
+    with PreprocessedCXR(tmp_path / "moved" / "images.h5") as moved:
+        np.testing.assert_array_equal(moved.image(len(moved) - 1), whole_image(tmp_path / "one" / "images.h5", -1))
+    (tmp_path / "moved" / "shards" / "1.h5").unlink()
+    with pytest.raises(FileNotFoundError, match="shards/1.h5 is missing"):
+        PreprocessedCXR(tmp_path / "moved" / "images.h5")
+
+
+def whole_image(path, index):
+    with PreprocessedCXR(path) as store:
+        return store.image(len(store) + index if index < 0 else index)
 
 
 def test_strict_mode_stops_and_leaves_nothing(tmp_path):

@@ -80,7 +80,7 @@ def test_preprocess_targets_build_every_artifact(workdir):
     for name in ("montage_ct.png", "montage_cxr.png"):
         assert (workdir / "results/synthetic" / name).stat().st_size > 10_000
     logs = list((workdir / "results/logs").rglob("*.log"))
-    assert {p.stem for p in logs} >= {"synthetic_ct", "synthetic_cxr", "subset0", "ct_manifest", "preprocess_cxr"}
+    assert {p.stem for p in logs} >= {"synthetic_ct", "synthetic_cxr", "subset0", "ct_manifest", "0", "cxr_manifest"}
     assert "usable" in (workdir / "results/logs/preprocess_ct/subset0.log").read_text()
     assert (workdir / "results/benchmarks/preprocess_ct/subset0.tsv").exists()
 
@@ -234,7 +234,7 @@ def test_the_workflow_runs_as_a_module_from_another_folder(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     with PreprocessedCXR(tmp_path / "results/cxr/images.h5") as store:
         assert len(store) > 0 and store.image(0).shape == (64, 64)
-    assert (tmp_path / "results/logs/preprocess_cxr.log").exists() and not (REPO / "results" / "cxr").exists()
+    assert (tmp_path / "results/logs/preprocess_cxr/0.log").exists() and not (REPO / "results" / "cxr").exists()
 
 
 def test_real_data_folders_with_bad_files(tmp_path):

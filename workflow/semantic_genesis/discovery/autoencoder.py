@@ -29,6 +29,7 @@ from ..runtime.training import (
     run_stamp,
 )
 from ..settings import Settings
+from .inputs import ImageSet, array_images
 
 log = logging.getLogger(__name__)
 
@@ -143,42 +144,51 @@ def load_autoencoder(path: Path | str, map_location: str | torch.device = "cpu")
     return model.eval()
 
 
-def _fingerprint(*arrays: np.ndarray) -> str:
-    """Digest of the shapes and contents of the training data, so a checkpoint is never resumed on other data."""
+def _fingerprint(*sets: ImageSet) -> str:
+    """Digest of the shapes and contents of the training data, so a checkpoint is never resumed on other data (one
+    pass over the images, batch by batch)."""
     digest = hashlib.blake2b(digest_size=16)
-    for array in arrays:
-        digest.update(repr(array.shape).encode())
-        digest.update(np.ascontiguousarray(array, np.float32).tobytes())
+    for images in sets:
+        digest.update(repr((len(images), *images.shape)).encode())
+        for batch in images.batches(FINGERPRINT_BATCH):
+            digest.update(batch.tobytes())
     return digest.hexdigest()
 
 
-def _as_tensor(images: np.ndarray, dims: int) -> torch.Tensor:
-    """(N, [D,] H, W) float images as an (N, 1, ...) float32 tensor, checking rank and range."""
-    if images.ndim != dims + 1:
+FINGERPRINT_BATCH = 64
+
+
+def as_image_set(images: np.ndarray | ImageSet, dims: int) -> ImageSet:
+    """Images as an ImageSet ((N, [D,] H, W) arrays are wrapped), checking their rank."""
+    images = images if isinstance(images, ImageSet) else array_images(images)
+    if len(images.shape) != dims:
         raise ValueError(
-            f"expected {dims + 1}-d images (N, {'D, ' if dims == 3 else ''}H, W), got shape {images.shape}"
+            f"expected {dims + 1}-d images (N, {'D, ' if dims == 3 else ''}H, W), got shape "
+            f"{(len(images), *images.shape)}"
         )
-    tensor = torch.as_tensor(np.asarray(images, np.float32))[:, None]
-    if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
-        raise ValueError("images must lie in [0, 1]")
-    return tensor
+    return images
+
+
+def _tensor(images: ImageSet, indices) -> torch.Tensor:
+    """Some images of a set as an (N, 1, ...) float32 tensor."""
+    return torch.from_numpy(images.read(np.asarray(indices)))[:, None]
 
 
 @torch.no_grad()
-def _mean_loss(model: Autoencoder, images: torch.Tensor, batch_size: int, device: torch.device) -> float:
+def _mean_loss(model: Autoencoder, images: ImageSet, batch_size: int, device: torch.device) -> float:
     """Mean squared reconstruction error over all voxels of a set, in eval mode."""
     model.eval()
-    total = sum(
-        F.mse_loss(model(images[b].to(device)), images[b].to(device), reduction="sum").item()
-        for b in batches(len(images), batch_size)
-    )
-    return total / images.numel()
+    total = 0.0
+    for batch in batches(len(images), batch_size):
+        x = _tensor(images, batch).to(device)
+        total += F.mse_loss(model(x), x, reduction="sum").item()
+    return total / images.numel
 
 
 class _Run:
     """The autoencoder's hooks for training.fit: model, optimiser, schedule, loss scaling and the batch order."""
 
-    def __init__(self, settings: AutoencoderSettings, train: torch.Tensor, val: torch.Tensor, device: torch.device):
+    def __init__(self, settings: AutoencoderSettings, train: ImageSet, val: ImageSet, device: torch.device):
         self.settings, self.train, self.val, self.device = settings, train, val, device
         self.amp = amp_dtype(settings.amp, device)
         self.validates = len(val) > 0
@@ -202,7 +212,7 @@ class _Run:
         total = 0.0
         order = torch.randperm(len(self.train), generator=self.shuffle)
         for batch in batches(len(self.train), self.settings.batch_size, order):
-            images = self.train[batch].to(self.device, non_blocking=True)
+            images = _tensor(self.train, batch).to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                 reconstruction = self.model(images)
             loss = F.mse_loss(reconstruction.float(), images)
@@ -211,7 +221,7 @@ class _Run:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             total += loss.item() * images.numel()
-        return {"loss": total / self.train.numel()}
+        return {"loss": total / self.train.numel}
 
     def validate(self) -> dict[str, float]:
         return {"loss": _mean_loss(self.model, self.val, self.settings.batch_size, self.device)}
@@ -242,14 +252,15 @@ class _Run:
 
 
 def train_autoencoder(
-    train_images: np.ndarray,
-    val_images: np.ndarray,
+    train_images: np.ndarray | ImageSet,
+    val_images: np.ndarray | ImageSet,
     settings: AutoencoderSettings,
     out_dir: Path | str,
     log: logging.Logger | None = None,
     restart_stale: bool = False,
 ) -> pd.DataFrame:
-    """Train on (N, [D,] H, W) images in [0, 1], resuming from out_dir/checkpoint.pt; return the epoch history.
+    """Train on (N, [D,] H, W) images in [0, 1] (arrays, or ImageSets read batch by batch), resuming from
+    out_dir/checkpoint.pt; return the epoch history.
 
     Writes checkpoint.pt (every epoch; deleted when the run is done), model.pt (best weights), history.csv, loss.png
     and reconstructions.png. With the same seed, a run interrupted and resumed ends with the same weights and losses
@@ -258,14 +269,14 @@ def train_autoencoder(
     """
     log = log or logging.getLogger(__name__)
     out_dir, device = Path(out_dir), resolve_device(settings.device)
-    train, val = _as_tensor(train_images, settings.dims), _as_tensor(val_images, settings.dims)
+    train, val = as_image_set(train_images, settings.dims), as_image_set(val_images, settings.dims)
     if len(train) == 0:
         raise ValueError("no training images")
     if len(val) == 0:
         log.warning("validation set is empty: the learning-rate schedule and early stopping follow the training loss")
     checkpoint = Checkpointing(
         out_dir / "checkpoint.pt",
-        run_stamp(asdict(settings), _fingerprint(train_images, val_images), __name__),
+        run_stamp(asdict(settings), _fingerprint(train, val), __name__),
         RESUMABLE_CHANGES,
         restart_stale,
     )
@@ -291,21 +302,20 @@ def train_autoencoder(
     loss = Panel("MSE", {"train": "train_loss", "validation": "val_loss"}, log=True)
     epoch_curves(history, [loss], out_dir / "loss.png", title="autoencoder reconstruction loss")
     examples = val if len(val) else train
-    rows, labels = reconstruction_rows(
-        model, examples[torch.linspace(0, len(examples) - 1, min(4, len(examples))).round().long()]
-    )
+    picks = torch.linspace(0, len(examples) - 1, min(4, len(examples))).round().long()
+    rows, labels = reconstruction_rows(model, _tensor(examples, picks))
     image_grid(rows, out_dir / "reconstructions.png", row_labels=labels, dpi=100)
     finish_run(checkpoint.path)
     return history
 
 
 @torch.no_grad()
-def embed_images(model: Autoencoder, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """Latent vectors (N, C) float32 of (N, [D,] H, W) images, in eval mode."""
+def embed_images(model: Autoencoder, images: np.ndarray | ImageSet, batch_size: int = 8) -> np.ndarray:
+    """Latent vectors (N, C) float32 of (N, [D,] H, W) images (an array or an ImageSet read batch by batch)."""
     model.eval()
     device = next(model.parameters()).device
-    tensor = _as_tensor(images, model.settings.dims)
-    latents = [model.embed(batch.to(device)).cpu() for batch in tensor.split(batch_size)]
+    images = as_image_set(images, model.settings.dims)
+    latents = [model.embed(torch.from_numpy(b)[:, None].to(device)).cpu() for b in images.batches(batch_size)]
     return (
         torch.cat(latents).numpy().astype(np.float32) if latents else np.zeros((0, model.latent_channels), np.float32)
     )
@@ -333,13 +343,14 @@ def reconstruction_rows(model: Autoencoder, images: torch.Tensor) -> tuple[list[
     return rows, [label for label, _, _ in views]
 
 
-def train(manifest: pd.DataFrame, images: np.ndarray, settings: AutoencoderSettings, out_dir: Path | str) -> None:
+def train(manifest: pd.DataFrame, images: ImageSet, settings: AutoencoderSettings, out_dir: Path | str) -> None:
     """Train on the train split, validate on the val split; resume an interrupted run, restart a stale one."""
     split = manifest.split.to_numpy()
     log.info(
-        "autoencoder on %d train / %d val images of shape %s",
+        "autoencoder on %d train / %d val images of shape %s, read batch by batch",
         (split == "train").sum(),
         (split == "val").sum(),
-        images.shape[1:],
+        images.shape,
     )
-    train_autoencoder(images[split == "train"], images[split == "val"], settings, out_dir, log=log, restart_stale=True)
+    train, val = images.subset(split == "train"), images.subset(split == "val")
+    train_autoencoder(train, val, settings, out_dir, log=log, restart_stale=True)

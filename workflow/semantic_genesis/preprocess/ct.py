@@ -352,13 +352,3 @@ class PreprocessedCT:
     def spacing(self, sid: str) -> tuple[float, float, float]:
         """Voxel spacing (x, y, z) in mm."""
         return tuple(float(v) for v in self._h5["scans"][sid].attrs["spacing_xyz"])
-
-
-def load_thumbnails(manifest: pd.DataFrame, h5_of_subset: dict[str, Path | str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The usable scans of a manifest and their thumbnails stacked as float32 (N, z, y, x), in manifest order."""
-    usable = manifest[manifest.status == "ok"].reset_index(drop=True)
-    thumbs = []
-    for subset, rows in usable.groupby("subset", sort=False):
-        with PreprocessedCT(h5_of_subset[subset]) as store:
-            thumbs.extend((i, store.thumbnail(sid)) for i, sid in zip(rows.index, rows.id))
-    return usable, np.stack([t for _, t in sorted(thumbs, key=lambda item: item[0])])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..resize import lanczos
-from ..runtime.files import atomic_path, read_h5, write_tsv
+from ..runtime.files import atomic_path, read_h5, read_tsv, write_tsv
 from ..runtime.parallel import ordered_map
 from ..settings import Settings
 from .readers import InputError, NoUsableDataError, read_radiograph
@@ -138,28 +139,49 @@ def assign_splits(index: pd.DataFrame, val_fraction: float, seed: int) -> pd.Ser
     return pd.Series(np.where(index.official == "", "", split), index=index.index)
 
 
-def preprocess_chestxray14(
-    root: Path | str,
-    settings: CXRSettings,
-    out_h5: Path | str,
-    out_tsv: Path | str,
-    strict: bool = False,
-    workers: int = 1,
-) -> pd.DataFrame:
-    """Preprocess every listed radiograph into images.h5 (uint8, N x size x size) and a manifest."""
+def listed_radiographs(root: Path | str, settings: CXRSettings) -> pd.DataFrame:
+    """The manifest before preprocessing: every indexed radiograph with its split; unlisted ones excluded."""
     index = read_chestxray14_index(root)
     index["split"] = assign_splits(index, settings.val_fraction, settings.seed)
     unlisted = index.split == ""
     manifest = index.drop(columns="official").assign(status="ok", reason="", index=-1, width=0, height=0)
     manifest.loc[unlisted, ["status", "reason"]] = ["excluded", "in neither train_val_list.txt nor test_list.txt"]
-    todo = manifest.index[~unlisted]
+    return manifest
+
+
+def shard_rows(manifest: pd.DataFrame, shard: int, shards: int) -> pd.Index:
+    """The listed radiographs of one shard: contiguous, near-equal parts of the index order."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} out of range for {shards} shards")
+    listed = manifest.index[manifest.status == "ok"]
+    return listed[np.array_split(np.arange(len(listed)), shards)[shard]]
+
+
+def preprocess_shard(
+    root: Path | str,
+    settings: CXRSettings,
+    out_h5: Path | str,
+    out_tsv: Path | str,
+    shard: int = 0,
+    shards: int = 1,
+    strict: bool = False,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """Preprocess one shard of the listed radiographs into out_h5 (uint8, n x size x size) and its manifest rows
+    (index local to the shard; shard 0 also carries the unlisted rows, so that the joined manifest has each once)."""
+    manifest = listed_radiographs(root, settings)
+    todo = shard_rows(manifest, shard, shards)
+    keep = todo.union(manifest.index[manifest.status != "ok"]) if shard == 0 else todo
+    manifest = manifest.loc[keep].sort_index()
     size = settings.size
-    log.info("%d radiographs listed, %d unlisted; settings %s", len(todo), unlisted.sum(), asdict(settings))
+    log.info("shard %d of %d: %d radiographs; settings %s", shard, shards, len(todo), asdict(settings))
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(
             settings=json.dumps(asdict(settings)),
             version=__version__,
             layout="images: uint8 (N, size, size), value / 255 in [0, 1]; ids: file names",
+            shard=shard,
+            shards=shards,
         )
         images = h5.create_dataset(
             "images", shape=(len(todo), size, size), maxshape=(None, size, size), dtype=np.uint8, chunks=(1, size, size)
@@ -168,7 +190,7 @@ def preprocess_chestxray14(
         work = partial(_process, settings=settings)
         results = ordered_map(work, manifest.path[todo].tolist(), workers)
         for row, (result, (width, height)) in tqdm(
-            zip(todo, results), total=len(todo), desc="preprocess CXR", unit="image"
+            zip(todo, results), total=len(todo), desc=f"preprocess CXR shard {shard}", unit="image"
         ):
             if isinstance(result, str):
                 manifest.loc[row, ["status", "reason"]] = ["excluded", result]
@@ -179,26 +201,83 @@ def preprocess_chestxray14(
             images[len(ids)] = result
             manifest.loc[row, ["index", "width", "height"]] = [len(ids), width, height]
             ids.append(manifest.id[row])
-        if not ids:
-            raise NoUsableDataError(f"no usable radiograph remains out of {len(manifest)} under {root}")
-        listed = index.official == "train_val"
-        if not (manifest.status[listed] == "ok").any():
-            raise NoUsableDataError(
-                f"{Path(root) / 'train_val_list.txt'}: none of the {listed.sum()} radiographs it lists is usable "
-                "(see the reasons logged above): pretraining and DXC fine-tuning train on them; list the training "
-                "images there, one file name per line"
-            )
         images.resize(len(ids), axis=0)
         h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
     manifest = manifest[MANIFEST_COLUMNS]
     write_tsv(manifest, out_tsv)
+    log.info("shard %d: %d usable radiographs, %d excluded", shard, len(ids), (manifest.status != "ok").sum())
+    return manifest
+
+
+def join_shards(
+    shard_h5s: list[Path | str], shard_tsvs: list[Path | str], root: Path | str, out_h5: Path | str, out_tsv: Path | str
+) -> pd.DataFrame:
+    """images.h5 (a virtual data set over the shards' images, in shard order) and the joined manifest (index column
+    counting through the shards); fail if nothing usable remains, or none of train_val_list.txt."""
+    parts, sources, offset = [], [], 0
+    for h5_path, tsv_path in zip(shard_h5s, shard_tsvs):
+        part = read_tsv(tsv_path)
+        with read_h5(h5_path) as h5:
+            stored = h5["ids"].asstr()[()].tolist()
+            shape = h5["images"].shape
+        ok = part.status == "ok"
+        if part.id[ok].tolist() != [stored[i] for i in part["index"][ok]] or ok.sum() != len(stored):
+            raise ValueError(f"{tsv_path} and {h5_path} disagree on which image is stored where: rerun that shard")
+        part.loc[ok, "index"] += offset
+        parts.append(part)
+        if len(stored):
+            sources.append((Path(h5_path), shape, stored))
+        offset += len(stored)
+    manifest = pd.concat(parts).reset_index(drop=True)[MANIFEST_COLUMNS]
+    if not offset:
+        raise NoUsableDataError(f"no usable radiograph remains out of {len(manifest)} under {root}")
+    index = read_chestxray14_index(root).set_index("id")
+    listed = manifest.id.map(index.official) == "train_val"
+    if not (manifest.status[listed] == "ok").any():
+        raise NoUsableDataError(
+            f"{Path(root) / 'train_val_list.txt'}: none of the {listed.sum()} radiographs it lists is usable "
+            "(see the reasons logged by preprocess_cxr): pretraining and DXC fine-tuning train on them; list the "
+            "training images there, one file name per line"
+        )
+    out_h5 = Path(out_h5)
+    size = sources[0][1][1:]
+    layout = h5py.VirtualLayout(shape=(offset, *size), dtype=np.uint8)
+    start = 0
+    for path, shape, _ in sources:
+        # Relative to images.h5's folder, where HDF5 looks first: the results folder can move as a whole.
+        relative = os.path.relpath(path.resolve(), out_h5.resolve().parent)
+        layout[start : start + shape[0]] = h5py.VirtualSource(relative, "images", shape=shape)
+        start += shape[0]
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
+        with read_h5(shard_h5s[0]) as first:
+            h5.attrs.update({k: v for k, v in first.attrs.items() if k not in ("shard", "shards")})
+        h5.attrs["shards"] = len(shard_h5s)
+        h5.create_virtual_dataset("images", layout)
+        ids = [sid for _, _, stored in sources for sid in stored]
+        h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+    write_tsv(manifest, out_tsv)
     log.info(
-        "%d usable radiographs %s, %d excluded",
-        len(ids),
+        "%d usable radiographs %s from %d shards, %d excluded",
+        offset,
         manifest[manifest.status == "ok"].groupby("split").size().to_dict(),
+        len(shard_h5s),
         (manifest.status != "ok").sum(),
     )
     return manifest
+
+
+def preprocess_chestxray14(
+    root: Path | str,
+    settings: CXRSettings,
+    out_h5: Path | str,
+    out_tsv: Path | str,
+    strict: bool = False,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """Every listed radiograph into one shard beside out_h5, joined into images.h5 and the manifest (tests, scripts)."""
+    shard_h5, shard_tsv = Path(out_h5).with_name("shard-0.h5"), Path(out_tsv).with_name("shard-0.tsv")
+    preprocess_shard(root, settings, shard_h5, shard_tsv, 0, 1, strict, workers)
+    return join_shards([shard_h5], [shard_tsv], root, out_h5, out_tsv)
 
 
 class PreprocessedCXR:
@@ -207,6 +286,12 @@ class PreprocessedCXR:
     def __init__(self, path: Path | str):
         self._h5 = read_h5(path)
         self.ids = [i.decode() if isinstance(i, bytes) else i for i in self._h5["ids"][()]]
+        images = self._h5["images"]
+        # A missing shard would read as fill values without an error: check every source of the virtual data set.
+        for source in images.virtual_sources() if images.is_virtual else ():
+            shard = Path(path).resolve().parent / source.file_name
+            if not shard.is_file():
+                raise FileNotFoundError(f"{path}: its shard {shard} is missing; rerun preprocess_cxr")
 
     def __enter__(self) -> PreprocessedCXR:
         return self

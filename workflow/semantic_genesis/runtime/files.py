@@ -46,7 +46,8 @@ def read_tsv(path: Path | str) -> pd.DataFrame:
 # Which rule writes each HDF5 artifact, to say how to rebuild a damaged one.
 PRODUCERS = (
     ("/preprocessed/", "preprocess_ct"),
-    ("images.h5", "preprocess_cxr"),
+    ("/shards/", "preprocess_cxr"),
+    ("images.h5", "cxr_manifest"),
     ("latents.h5", "embed"),
     ("patches.h5", "patches"),
     ("/tasks/", "task_data"),
