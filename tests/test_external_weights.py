@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semantic_genesis.networks.external import WeightsImportError, import_weights, sha256
+from semantic_genesis.networks.external import WeightsImportError, import_weights
 from semantic_genesis.networks.genesis import load_pretrained
+from semantic_genesis.runtime.provenance import file_digest
 
 
 class TheirBatchNorm(nn.BatchNorm3d):
@@ -130,7 +131,7 @@ def test_imported_network_gives_their_outputs(tmp_path, fmt):
     architecture = json.loads((dest / "architecture.json").read_text())
     external = architecture["extra"]["external"]
     assert external["file"] == "their.pt" and external["format"] == fmt
-    assert external["sha256"] == sha256(tmp_path / "their.pt") and architecture["base_width"] == 4
+    assert external["sha256"] == file_digest(tmp_path / "their.pt") and architecture["base_width"] == 4
     assert bool(external["dropped"]) == (fmt == "semantic_genesis")
 
 

@@ -580,7 +580,8 @@ def test_ncs_test_scans_can_be_kept_out_of_pretraining(tmp_path):
 def test_external_weights_fine_tune_beside_ours_and_reach_the_tables(tmp_path):
     from test_external_weights import their_checkpoint
 
-    from semantic_genesis.networks.external import import_weights, sha256
+    from semantic_genesis.networks.external import import_weights
+    from semantic_genesis.runtime.provenance import file_digest
 
     released = tmp_path / "downloads" / "semantic_genesis_chest_ct.pt"
     released.parent.mkdir()
@@ -600,7 +601,7 @@ def test_external_weights_fine_tune_beside_ours_and_reach_the_tables(tmp_path):
         assert metrics["method"] == name and "external" in metrics["pretraining"]
     table = (tmp_path / "results/tables/comparison_3d.md").read_text()
     assert "authors\\_sg‡" in table and "authors\\_mg‡" in table and "‡: external weights" in table
-    assert sha256(released) in table and sha256(tmp_path / "mg.pt") in table
+    assert file_digest(released) in table and file_digest(tmp_path / "mg.pt") in table
     runs = pd.read_csv(tmp_path / "results/tables/runs.csv")
     assert sorted(runs.method.unique()) == ["authors_mg", "authors_sg", "scratch"]
     config["finetune"]["external"] = {"scratch": str(released)}

@@ -17,7 +17,6 @@ conversion of the weights makes exact under batch statistics.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..runtime.files import atomic_path
+from ..runtime.provenance import file_digest
 from .genesis import GenesisNet, NetworkSettings, save_pretrained
 
 FORMATS = ("models_genesis", "semantic_genesis")
@@ -51,15 +51,6 @@ _DROPPED = {"semantic_genesis": "clc_out."}
 
 class WeightsImportError(ValueError):
     """A checkpoint that cannot be converted exactly; the message names the file and the key."""
-
-
-def sha256(path: Path | str) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: Path | str) -> dict[str, torch.Tensor]:
@@ -161,7 +152,7 @@ def import_weights(src: Path | str, dest: Path | str, fmt: str) -> Path:
     net.load_state_dict(state)
     extra = {
         "method": f"external:{fmt}",
-        "external": {"file": src.name, "sha256": sha256(src), "format": fmt, "dropped": dropped},
+        "external": {"file": src.name, "sha256": file_digest(src), "format": fmt, "dropped": dropped},
         "input_axes": "N, 1, z, y, x",
     }
     with atomic_path(dest) as tmp:
