@@ -15,6 +15,7 @@ from test_pretraining import weights, write_patches
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from semantic_genesis.networks.package import CARD_FILE, CONFIG_FILE, SAFETENSORS_FILE
 from semantic_genesis.pretrain.distributed import (
     GlobalBatchNorm,
     Processes,
@@ -187,6 +188,9 @@ def test_only_rank_0_writes(patches, tmp_path):
         "history.csv",
         "curves.png",
         "examples.png",
+        SAFETENSORS_FILE,
+        CONFIG_FILE,
+        CARD_FILE,
     }
     assert not (tmp_path / "rank1").exists()
 
