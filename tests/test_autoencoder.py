@@ -20,7 +20,7 @@ from semantic_genesis.discovery.autoencoder import (
     load_autoencoder,
     train_autoencoder,
 )
-from semantic_genesis.plots import latent_scatter
+from semantic_genesis.plots import latent_scatter, principal_components
 from semantic_genesis.runtime import training
 
 TINY_3D = AutoencoderSettings(dims=3, base_width=4, levels=3, batch_size=4, max_epochs=4, num_threads=2)
@@ -248,6 +248,21 @@ def test_latent_scatter_writes_png(tmp_path) -> None:
     labels = {"split": ["train"] * 12 + ["val"] * 8, "lung_fraction": rng.uniform(0.1, 0.3, 20)}
     latent_scatter(latents, labels, tmp_path / "latent.png")
     assert (tmp_path / "latent.png").stat().st_size > 0
+
+
+def test_principal_components_match_an_svd() -> None:
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(50, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1]) + 7.0
+    coordinates, shares = principal_components(points, 2)
+    centred = points - points.mean(axis=0)
+    _, singular, rows = np.linalg.svd(centred, full_matrices=False)
+    reference = centred @ rows[:2].T
+    # An axis' sign is arbitrary.
+    np.testing.assert_allclose(np.abs(coordinates), np.abs(reference), atol=1e-9)
+    np.testing.assert_allclose(shares, 100 * singular[:2] ** 2 / (singular**2).sum())
+    # One point: no variance, all coordinates zero (as for a rank below the count asked).
+    single, none = principal_components(points[:1], 2)
+    assert not single.any() and not none.any()
 
 
 def test_stale_checkpoint_is_replaced_when_asked(tmp_path, monkeypatch, caplog) -> None:

@@ -298,3 +298,21 @@ def test_a_batch_larger_than_the_labelled_training_samples_fails_before_training
     assert "finetune.ncc.batch_size = 8 exceeds the 4 labelled training samples" in message
     assert "finetune.label_fraction = 0.25 of 16" in message and "lower finetune.ncc.batch_size to 4" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_reproducible_sets_and_restores_the_deterministic_flags():
+    from semantic_genesis.runtime.training import reproducible
+
+    def flags() -> tuple[bool, bool]:
+        return torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+
+    before = flags()
+    threads = torch.get_num_threads()
+    with reproducible(1, deterministic=True):
+        assert flags() == (True, True)
+        assert torch.get_num_threads() == 1
+    assert (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    ) == before
+    assert torch.get_num_threads() == threads

@@ -21,7 +21,6 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
 
 from .runtime.files import atomic_path  # noqa: E402
 
@@ -148,14 +147,27 @@ def image_grid(
     return save(fig, out_png, dpi=dpi)
 
 
+def principal_components(points: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The points' coordinates along their first `count` principal axes, and each axis' share of the variance in %.
+
+    From the eigenvectors of the features' covariance, so memory stays that of the points; axes beyond the data's
+    rank are zero."""
+    points = np.asarray(points, dtype=np.float64).reshape(len(points), -1)
+    centred = points - points.mean(axis=0)
+    variances, axes = np.linalg.eigh(centred.T @ centred)
+    order = np.argsort(variances)[::-1][:count]
+    coordinates = np.zeros((len(points), count))
+    coordinates[:, : len(order)] = centred @ axes[:, order]
+    shares = np.zeros(count)
+    total = variances.clip(min=0).sum()
+    if total > 0:
+        shares[: len(order)] = 100 * variances[order].clip(min=0) / total
+    return coordinates, shares
+
+
 def latent_scatter(latents: np.ndarray, labels: Mapping[str, Sequence], out_png: Path | str) -> Path:
     """First two principal components of the latents, one panel per colouring (categorical legend or colourbar)."""
-    components = min(2, *latents.shape)
-    pca = PCA(n_components=components).fit(latents)
-    xy = np.zeros((len(latents), 2))
-    xy[:, :components] = pca.transform(latents)
-    explained = np.zeros(2)
-    explained[:components] = 100 * pca.explained_variance_ratio_
+    xy, explained = principal_components(latents, 2)
     panels = labels or {"": np.zeros(len(latents))}
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
     for ax, (name, values) in zip(axes[0], panels.items()):

@@ -28,22 +28,34 @@ from .provenance import module_code_digest
 _log = logging.getLogger(__name__)
 
 
+def _deterministic_algorithms(mode: bool, warn_only: bool = True) -> None:
+    """torch.use_deterministic_algorithms without its import of torch._inductor (over a second in every job).
+
+    The public function also sets inductor's flag, which only torch.compile reads; nothing here compiles."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
 @contextlib.contextmanager
 def reproducible(num_threads: int, deterministic: bool = True) -> Iterator[None]:
     """Deterministic kernels (or, if not, cuDNN autotuning) and a fixed thread count for one training run.
 
     The global flags are restored after."""
     threads, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     was_benchmark = torch.backends.cudnn.benchmark
     # warn_only: on GPUs some kernels have no deterministic variant; CPU training is exactly reproducible regardless.
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    _deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(was_deterministic)
+        _deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
         torch.backends.cudnn.benchmark = was_benchmark
         torch.set_num_threads(threads)
 
