@@ -1,5 +1,6 @@
 """3D preprocessing: window and scale, orientation, resampling, thumbnails, storage, manifests and bad scans."""
 
+import dataclasses
 import re
 
 import h5py
@@ -88,9 +89,11 @@ def _subset(tmp_path, settings=SMALL, **kwargs):
     return manifest, out_h5, out_tsv
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_subset_stores_good_scans_and_records_bad_ones(tmp_path, workers):
-    manifest, out_h5, out_tsv = _subset(tmp_path, workers=workers)
+@pytest.mark.parametrize(("workers", "compression"), [(1, "lzf"), (2, "lzf"), (1, "none")])
+def test_subset_stores_good_scans_and_records_bad_ones(tmp_path, workers, compression):
+    """Uncompressed scans are written chunk by chunk (runtime.files.write_chunks): the same bytes come back."""
+    settings = dataclasses.replace(SMALL, compression=compression)
+    manifest, out_h5, out_tsv = _subset(tmp_path, settings, workers=workers)
     assert list(manifest.id) == ["good0", "good1", "thin", "trunc", "flat", "nans"]
     status = dict(zip(manifest.id, manifest.status))
     assert status == {
@@ -117,10 +120,13 @@ def test_subset_stores_good_scans_and_records_bad_ones(tmp_path, workers):
         expected = to_unit(np.clip(chest_like(seed=1), -1000, 1000), (-1000, 1000))
         np.testing.assert_array_equal(store.volume("good1"), expected)
         np.testing.assert_array_equal(store.crop("good1", (3, 4, 5), (8, 16, 16)), expected[3:11, 4:20, 5:21])
+        # 10 slices in chunks of 8: the edge chunk holds 2.
+        np.testing.assert_array_equal(store.hu("thin"), np.clip(chest_like((10, 48, 48)), -1000, 1000))
         assert store.thumbnail("good0").shape == (8, 16, 16)
         assert store.spacing("good0") == pytest.approx((0.8, 0.8, 2.5))
     with h5py.File(out_h5) as h5:
-        assert h5["scans/good0"].chunks == (8, 16, 16) and h5["scans/good0"].compression == "lzf"
+        assert h5["scans/good0"].chunks == (8, 16, 16)
+        assert h5["scans/good0"].compression == (None if compression == "none" else compression)
 
 
 def test_strict_mode_fails_and_leaves_no_artifact(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -201,17 +202,53 @@ def test_tables_written_with_cells_markers_and_paper_numbers(paths, tmp_path):
     summary = tables.summarise(frame).set_index(["task", "method"])
     row = row_of(out / "comparison_3d.csv", "models_genesis")
     stat = summary.loc[("ncc", "models_genesis")]
-    marker = tables.significance_marker(stat["p_value"])
-    assert row["NCC AUC (%)"] == f"{stat['mean']:.2f} ± {stat['std']:.2f}{marker}"
+    values = 100 * np.array(VALUES[("ncc", "models_genesis")])
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    assert (stat["ci_low"], stat["ci_high"]) == pytest.approx((low, high))
+    assert row["NCC AUC (%)"].startswith(f"{stat['mean']:.2f} ± {stat['std']:.2f} [{low:.2f}, {high:.2f}]")
     assert row["NCC paper"] == "98.07 ± 0.59"
     # The reference itself carries no marker, and its paper number sits beside it.
     reference = row_of(out / "comparison_3d.csv", "semantic_genesis")
-    assert reference["NCC AUC (%)"] == "97.83 ± 0.76" and reference["NCC paper"] == "98.46 ± 0.30"
+    assert reference["NCC AUC (%)"].startswith("97.83 ± 0.76 [") and reference["NCC paper"] == "98.46 ± 0.30"
+    assert not reference["NCC AUC (%)"].endswith("*")
     # A method without runs on a task shows "–", never a number; its paper number is still there.
     sc = row_of(out / "comparison_3d.csv", "self_classification")
     assert sc["BMS IoU (%)"] == tables.MISSING and sc["BMS paper"] == "64.02 ± 0.98"
     assert row_of(out / "comparison_3d.csv", "patch_shuffling")["NCC AUC (%)"] == tables.MISSING
     assert row_of(out / "comparison_3d.csv", "scratch")["data"] == "real"
+
+
+def test_holm_matches_its_definition():
+    p = [0.01, 0.04, math.nan, 0.03, 0.005]
+    # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, running maximum, capped at 1; NaN is no comparison.
+    expected = [0.03, 0.06, math.nan, 0.06, 0.02]
+    np.testing.assert_allclose(tables.holm(p), expected)
+    assert tables.holm([]) == [] and tables.holm([0.6, 0.7]) == [1.0, 1.0]
+
+
+def test_a_marker_that_survives_no_correction_is_dropped(tmp_path):
+    """Uncorrected p < 0.05 for one of several comparisons is no finding once the table's family is counted."""
+    root = tmp_path / "runs"
+    values = {("ncc", "semantic_genesis"): [0.90, 0.91, 0.92, 0.93]}
+    values[("ncc", "scratch")] = [0.88, 0.90, 0.905, 0.92]  # a small, fairly consistent gap
+    for method in ("models_genesis", "inpainting", "patch_shuffling", "self_classification"):
+        values[("ncc", method)] = [0.95, 0.85, 0.97, 0.86]  # noise
+    frame = tables.collect(write_runs(root, values))
+    raw = tables.summarise(frame).set_index("method").loc["scratch", "p_value"]
+    assert 0.01 < raw < 0.05 and raw * 5 > 0.05
+    tables.build_tables(frame, tmp_path / "out")
+    assert not row_of(tmp_path / "out" / "comparison_3d.csv", "scratch")["NCC AUC (%)"].endswith("*")
+    assert "Holm's correction for the 5 comparisons" in read(tmp_path / "out" / "comparison_3d.md")
+
+
+def test_missing_runs_are_reported_not_dropped(tmp_path):
+    root = tmp_path / "runs"
+    values = {("ncs", "semantic_genesis"): [0.7, 0.72, 0.71], ("ncs", "scratch"): [0.6, 0.62]}
+    tables.build_tables(tables.collect(write_runs(root, values)), tmp_path / "out")
+    assert row_of(tmp_path / "out" / "comparison_3d.csv", "scratch")["NCS IoU (%)"].endswith("(2 of 3 runs)")
+    assert "Missing runs (failed, or without a test metric): NCS / Random init: run 2." in read(
+        tmp_path / "out" / "comparison_3d.md"
+    ).replace("\\", "")
 
 
 def test_significance_markers_follow_p_values(tmp_path):
@@ -247,11 +284,19 @@ def test_adding_semantics_rows_and_markers_against_the_base(paths, tmp_path):
     assert table.loc["inpainting_semantics", "NCC paper"] == "≈97.3"
     assert table.loc["semantic_genesis", "LCS paper"] == "86.53 ± 1.30"
     # The "+ semantics" marker compares with the base method over matched runs.
-    p_value = stats.ttest_rel(
-        100 * np.array(VALUES[("ncc", "inpainting_semantics")]), 100 * np.array(VALUES[("ncc", "inpainting")])
-    ).pvalue
+    # Markers stand for Holm-corrected p-values over the table's comparisons (a reference loop over them).
+    family = {}
+    for base, with_ in pub.SEMANTIC_PAIRS:
+        for task in tables.TASKS_3D:
+            if (task, with_) in VALUES and (task, base) in VALUES:
+                a, b = (100 * np.array(VALUES[(task, m)]) for m in (with_, base))
+                family[(with_, task)] = stats.ttest_rel(a, b).pvalue
+    corrected = dict(zip(family, tables.holm(list(family.values()))))
+    for (method, task), p_value in corrected.items():
+        cell = table.loc[method, f"{task.upper()} {tables.TASKS[task].metric} (%)"]
+        assert cell.endswith(tables.significance_marker(p_value) or "]"), (method, task, cell)
     cell = table.loc["inpainting_semantics", "NCC AUC (%)"]
-    assert cell.endswith(tables.significance_marker(p_value)) and cell.startswith("95.67 ± ")
+    assert cell.startswith("95.67 ± ") and f"{len(family)} comparisons" in read(tmp_path / "adding_semantics.md")
     assert table.loc["patch_shuffling_semantics", "NCS IoU (%)"] == tables.MISSING
     assert "without semantics" in read(tmp_path / "adding_semantics.md")
 
@@ -274,7 +319,7 @@ def test_published_only_rows_are_marked_and_only_published(paths, tmp_path):
     assert table_2d.loc["imagenet", "DXC paper"] == "75.55 ± 0.48" and table_2d.loc["imagenet", "PXS paper"] == "–"
     assert (
         table_2d.loc["scratch", "DXC paper"] == "69.15 ± 0.77"
-        and table_2d.loc["scratch", "DXC AUC (%)"] == "70.00 ± 1.00*"
+        and table_2d.loc["scratch", "DXC AUC (%)"] == "70.00 ± 1.00 [67.52, 72.48]*"
     )
     assert table_2d.loc["semantic_genesis", "DXC paper"] == "–"
     assert (table_2d[["PXS IoU (%)", "PXS paper"]] == "–").all().all()
@@ -299,7 +344,8 @@ def test_mixed_synthetic_runs_are_marked_per_cell(paths, tmp_path):
     frame = tables.collect([*paths, write_run(tmp_path / "syn", "ncc", "patch_shuffling", 0, 0.9, synthetic=True)])
     tables.build_tables(frame, tmp_path / "out")
     row = row_of(tmp_path / "out" / "comparison_3d.csv", "patch_shuffling")
-    assert row["NCC AUC (%)"] == "90.00 (n=1) (synthetic)" and row["data"] == "synthetic"
+    # One run where the task's other methods have three: the cell says so.
+    assert row["NCC AUC (%)"] == "90.00 (1 of 3 runs) (synthetic)" and row["data"] == "synthetic"
     assert "Some results are on SYNTHETIC data" in read(tmp_path / "out" / "comparison_3d.md")
     assert "synthetic" not in read(tmp_path / "out" / "results_2d.md").lower()  # the 2D runs are all real
 
@@ -350,7 +396,10 @@ def test_label_fractions_get_their_own_tables(paths, tmp_path):
     assert {"comparison_3d_labels25.md", "comparison_3d_labels25.tex", "comparison_3d_labels25.csv"} <= names
     text = read(tmp_path / "out" / "comparison_3d_labels25.md")
     assert "25% of the training labels" in text and "98.46" not in text  # the paper's all-label numbers left out
-    assert row_of(tmp_path / "out" / "comparison_3d_labels25.csv", "scratch")["NCC AUC (%)"] == "81.00 ± 1.41"
+    assert (
+        row_of(tmp_path / "out" / "comparison_3d_labels25.csv", "scratch")["NCC AUC (%)"]
+        == "81.00 ± 1.41 [68.29, 93.71]"
+    )
     # The all-label table is unchanged by the other fraction.
     assert row_of(tmp_path / "out" / "comparison_3d.csv", "scratch")["NCC AUC (%)"].startswith("91.33 ± ")
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import __version__
-from ..runtime.files import atomic_path, read_h5, read_tsv, write_tsv
+from ..runtime.files import atomic_path, read_h5, read_tsv, write_chunks, write_tsv
 from ..runtime.parallel import ordered_map
 from ..settings import Settings
 from .readers import InputError, NoUsableDataError, read_volume, scan_id
@@ -220,12 +220,11 @@ def preprocess_subset(
             else:
                 seen.add(sid)
                 hu = result.hu
-                data = h5.create_dataset(
-                    f"scans/{sid}",
-                    data=hu,
-                    chunks=tuple(min(c, s) for c, s in zip(chunk_zyx, hu.shape)),
-                    compression=compression,
-                )
+                if compression is None:
+                    data = write_chunks(h5, f"scans/{sid}", hu, chunk_zyx)
+                else:
+                    chunks = tuple(min(c, s) for c, s in zip(chunk_zyx, hu.shape))
+                    data = h5.create_dataset(f"scans/{sid}", data=hu, chunks=chunks, compression=compression)
                 data.attrs.update(
                     spacing_xyz=result.spacing_xyz,
                     origin_xyz=result.origin_xyz,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 
 
@@ -71,3 +73,22 @@ def read_h5(path: Path | str) -> h5py.File:
             f"{path} cannot be read as HDF5 ({' '.join(str(error).split())}): it is truncated or damaged. Rebuild it "
             f"with `{how}` (or delete it; the next run makes it again)"
         ) from None
+
+
+def write_chunks(group: h5py.Group, name: str, array: np.ndarray, chunks: tuple[int, ...]) -> h5py.Dataset:
+    """An uncompressed chunked dataset holding `array`, each chunk's bytes handed to HDF5 as they are.
+
+    Bypasses HDF5's per-element selection and conversion machinery (most of the time of `create_dataset(data=...)`
+    for a whole scan); edge chunks are padded, as HDF5 stores them. Reads back exactly as create_dataset's."""
+    chunks = tuple(min(c, s) for c, s in zip(chunks, array.shape))
+    data = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=chunks)
+    block = np.zeros(chunks, dtype=array.dtype)
+    for corner in itertools.product(*(range(0, size, step) for size, step in zip(array.shape, chunks))):
+        part = array[tuple(slice(c, c + step) for c, step in zip(corner, chunks))]
+        if part.shape == chunks:
+            data.id.write_direct_chunk(corner, np.ascontiguousarray(part))
+        else:
+            block.fill(0)
+            block[tuple(slice(0, n) for n in part.shape)] = part
+            data.id.write_direct_chunk(corner, block)
+    return data

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +58,8 @@ SUMMARY_COLUMNS = [
     "n",
     "mean",
     "std",
+    "ci_low",
+    "ci_high",
     "synthetic",
     "reference",
     "test",
@@ -224,9 +226,31 @@ def paired_test(values: pd.DataFrame, reference: pd.DataFrame, test: str = "ttes
     return float(result.pvalue), n, diff
 
 
+def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of `values` (runs taken as independent draws); NaN for fewer than two."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) < 2:
+        return math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaNs stay NaN and do not count as comparisons)."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(len(p), math.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    steps = (len(order) - np.arange(len(order))) * p[order]
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(steps))
+    return adjusted.tolist()
+
+
 def summarise(frame: pd.DataFrame, reference: str = REFERENCE, test: str = "ttest") -> pd.DataFrame:
     """Per (task, label_fraction, method): n runs, mean and sample std (ddof=1; NaN for one run) of the value in
-    percent, whether any run is synthetic, and the paired test against `reference` on the same task and label
+    percent, the 95% confidence interval of the mean (ci_low, ci_high; Student t over runs), whether any run is
+    synthetic, and the paired test against `reference` on the same task and label
     fraction (see paired_test; p_value NaN and n_pairs 0 for the reference itself), diff = mean paired difference
     method - reference, and the published number (paper_mean, paper_std, paper_approximate) where one exists."""
     if test not in TESTS:
@@ -248,6 +272,7 @@ def summarise(frame: pd.DataFrame, reference: str = REFERENCE, test: str = "ttes
                 n=len(group),
                 mean=group["value"].mean(),
                 std=group["value"].std(ddof=1),
+                **dict(zip(("ci_low", "ci_high"), confidence_interval(group["value"]))),
                 synthetic=bool(group["synthetic"].any()),
                 reference=reference,
                 test=test,
@@ -274,13 +299,20 @@ def significance_marker(p_value: float) -> str:
     return "**" if p_value < 0.01 else "*"
 
 
-def _cell(stats_row: Mapping | None, marker: str, mixed: bool) -> str:
-    """'mean ± std' in percent with a significance marker, 'mean (n=1)' for one run, '–' without runs."""
+def _cell(stats_row: Mapping | None, marker: str, mixed: bool, expected: int = 0) -> str:
+    """'mean ± std [95% CI]' in percent with a significance marker, 'mean (n=1)' for one run, '–' without runs;
+    '(n of N runs)' when fewer than the `expected` runs of the task have a test metric."""
     if stats_row is None or not stats_row["n"]:
         return MISSING
+    n = stats_row["n"]
     text = f"{stats_row['mean']:.2f}"
-    text += " (n=1)" if stats_row["n"] == 1 else f" ± {stats_row['std']:.2f}"
+    if n > 1:
+        text += f" ± {stats_row['std']:.2f} [{stats_row['ci_low']:.2f}, {stats_row['ci_high']:.2f}]"
     text += marker
+    if n < expected:
+        text += f" ({n} of {expected} runs)"
+    elif n == 1:
+        text += " (n=1)"
     if mixed and stats_row["synthetic"]:
         text += " (synthetic)"
     return text
@@ -392,6 +424,19 @@ def _table(
             header.append(f"{task.upper()} paper")
     body, data, used_dagger = [], [], False
     external = external_methods(runs)
+    # The task's runs: every run index any method has there; a method short of them misses runs.
+    expected = {task: set(runs.loc[runs["task"] == task, "run"]) for task in tasks}
+    raw = {}
+    for method in (m for m in rows if m in marker_against):
+        for task in tasks:
+            mine = runs[(runs["task"] == task) & (runs["method"] == method)]
+            if len(mine):
+                against = runs[(runs["task"] == task) & (runs["method"] == marker_against[method])]
+                raw[(method, task)] = paired_test(mine, against, test)[0]
+    # One family per table: Holm's correction over every comparison its markers stand for.
+    corrected = dict(zip(raw, holm(list(raw.values()))))
+    comparisons = sum(not math.isnan(p) for p in raw.values())
+    missing = []
     for method in rows:
         has_runs = bool((runs["method"] == method).any())
         only_paper = method in published_only and not has_runs
@@ -401,12 +446,14 @@ def _table(
         for task in tasks:
             row = stats_of.get((task, method))
             row = None if row is None else row._asdict()
-            marker = ""
-            if row is not None and method in marker_against:
-                against = runs[(runs["task"] == task) & (runs["method"] == marker_against[method])]
-                mine = runs[(runs["task"] == task) & (runs["method"] == method)]
-                marker = significance_marker(paired_test(mine, against, test)[0])
-            cells.append(MISSING if only_paper else _cell(row, marker, mixed))
+            marker = significance_marker(corrected.get((method, task), math.nan))
+            cells.append(MISSING if only_paper else _cell(row, marker, mixed, len(expected[task])))
+            if row is not None and not only_paper:
+                lacking = sorted(
+                    expected[task] - set(runs.loc[(runs["task"] == task) & (runs["method"] == method), "run"])
+                )
+                if lacking:
+                    missing.append(f"{task.upper()} / {method_label(method)}: run {', '.join(map(str, lacking))}")
             if with_paper:
                 paper = published(method, task)
                 cells.append(paper.text() if paper else MISSING)
@@ -427,13 +474,16 @@ def _table(
     counts = runs.groupby(["task", "method"]).size()
     n_text = f"{counts.min()}" if len(counts) and counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
     notes = [
-        f"Ours: mean ± sample std (ddof=1) over {n_text if len(counts) else 'no'} runs, in percent; "
-        f"{MISSING}: no run (ours) or no published number (paper).",
+        f"Ours: mean ± sample std (ddof=1) [95% confidence interval of the mean, Student t] over "
+        f"{n_text if len(counts) else 'no'} runs, in percent; {MISSING}: no run (ours) or no published number (paper).",
     ]
     notes.append(
-        f"* p < 0.05, ** p < 0.01: paired two-sided {test_name} {against_text} over runs matched by run index "
-        "(runs share their seed)."
+        f"* p < 0.05, ** p < 0.01 after Holm's correction for the {comparisons} comparisons of this table: paired "
+        f"two-sided {test_name} {against_text} over runs matched by run index (runs share their seed); uncorrected "
+        "p-values in summary.csv."
     )
+    if missing:
+        notes.append(f"Missing runs (failed, or without a test metric): {'; '.join(missing)}.")
     if used_dagger:
         notes.append("†: published numbers only (pretrained model not available to us).")
     if external & set(rows):
@@ -783,7 +833,8 @@ def write_report_summary(
         lines += [f"**{SYNTHETIC_NOTE}**", ""]
     lines += [
         f"Mean over runs in percent; label fraction {label_fraction:g}; p: paired two-sided "
-        f"{'t-test' if test == 'ttest' else 'Wilcoxon signed-rank test'} over runs matched by run index.",
+        f"{'t-test' if test == 'ttest' else 'Wilcoxon signed-rank test'} over runs matched by run index, uncorrected "
+        "for multiple comparisons (the tables' markers are Holm-corrected).",
         "",
     ]
     if rows.empty:
