@@ -546,3 +546,32 @@ def test_each_table_says_how_many_test_cases_pretraining_used(tmp_path):
         "Test cases in pretraining: NCS: 2 of 5 test cases come from scans or images pretraining used; "
         "LCS: not checked (LiTS 2017 abdominal CT is not part of LUNA16)."
     ) in read(tmp_path / "out" / "comparison_3d.md")
+
+
+def test_tables_gathered_over_results_folders_of_two_machines(tmp_path, capsys):
+    """Runs 0-1 made on one machine and run 2 on another make one table, as if made together."""
+    from semantic_genesis.__main__ import main
+
+    def results_folder(name: str, runs: range) -> Path:
+        for (task, method), values in VALUES.items():
+            for run in runs:
+                made = write_run(tmp_path / "scratch", task, method, run, values[run]).parent
+                target = tmp_path / name / "finetune" / task / method / f"run{run}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.rename(target)
+        return tmp_path / name
+
+    a, b = results_folder("machine_a", range(2)), results_folder("machine_b", range(2, 3))
+    assert main(["tables", str(a), str(b), "--out", str(tmp_path / "gathered")]) == 0
+    together = tables.collect(write_runs(tmp_path / "together"))
+    tables.build_tables(together, tmp_path / "reference")
+    for name in ("comparison_3d.csv", "adding_semantics.csv", "results_2d.csv"):
+        assert read(tmp_path / "gathered" / name) == read(tmp_path / "reference" / name)
+    sources = pd.read_csv(tmp_path / "gathered" / "sources.csv")
+    assert sources["runs"].tolist() == [2 * len(VALUES), len(VALUES)]
+    assert (tmp_path / "gathered" / "curves_ncc.png").stat().st_size
+    # The same run in two folders, and a folder without runs, are errors naming the files or the folder.
+    assert main(["tables", str(a), str(a), "--out", str(tmp_path / "twice")]) == 1
+    assert "the same run" in capsys.readouterr().err
+    assert main(["tables", str(tmp_path / "gathered"), "--out", str(tmp_path / "none")]) == 1
+    assert "no fine-tuning runs" in capsys.readouterr().err

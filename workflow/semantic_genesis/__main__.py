@@ -1,4 +1,5 @@
-"""Command line: `python -m semantic_genesis import-weights [--format FORMAT] SRC.pt DEST/`."""
+"""Command line: `python -m semantic_genesis import-weights [--format FORMAT] SRC.pt DEST/` and
+`python -m semantic_genesis tables RESULTS/ [RESULTS/ ...] --out DIR/`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     weights.add_argument("src", help="the checkpoint, e.g. Genesis_Chest_CT.pt or semantic_genesis_chest_ct.pt")
     weights.add_argument("dest", help="the folder to write (new or empty)")
+    gathered = commands.add_parser("tables", help="the result tables over the runs of several results folders")
+    gathered.add_argument("folders", nargs="+", help="results folders (each holding finetune/<task>/<method>/run<r>/)")
+    gathered.add_argument("--out", required=True, help="where the tables, runs.csv and sources.csv go")
     args = parser.parse_args(argv)
+    if args.command == "tables":
+        from .tables.build import gather_results
+
+        try:
+            frame = gather_results(args.folders, args.out)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"tables: {error}", file=sys.stderr)
+            return 1
+        print(f"wrote the tables of {len(frame)} runs from {len(args.folders)} folders to {args.out}")
+        return 0
     try:
         dest = import_weights(args.src, args.dest, args.format)
     except (WeightsImportError, FileNotFoundError, FileExistsError) as error:

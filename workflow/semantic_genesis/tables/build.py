@@ -904,3 +904,27 @@ def write_results(
         out_dir,
     )
     return frame
+
+
+def gather_results(folders: Sequence[Path | str], out_dir: Path | str) -> pd.DataFrame:
+    """write_results over the fine-tuning runs of several results folders (e.g. runs made on different machines).
+
+    Each folder is a workflow's results/ (or any folder holding finetune/<task>/<method>/run<r>/metrics.json); a run
+    found in two folders is an error naming both files, and sources.csv says how many runs came from each folder."""
+    out_dir = Path(out_dir)
+    metrics, counts = [], []
+    for folder in map(Path, folders):
+        found = sorted(folder.glob("finetune/*/*/run*/metrics.json"))
+        if not found:
+            raise FileNotFoundError(f"{folder}: no fine-tuning runs (finetune/<task>/<method>/run<r>/metrics.json)")
+        metrics += found
+        counts.append({"folder": str(folder.resolve()), "runs": len(found)})
+    histories = [path.with_name("history.csv") for path in metrics if path.with_name("history.csv").exists()]
+    tasks = sorted(
+        {path.parts[-4] for path in metrics}, key=lambda task: list(TASKS).index(task) if task in TASKS else 99
+    )
+    curves = {task: out_dir / f"curves_{task}.png" for task in tasks}
+    frame = write_results(metrics, histories, out_dir, curves)
+    with atomic_path(out_dir / "sources.csv") as tmp:
+        pd.DataFrame(counts).to_csv(tmp, index=False)
+    return frame
