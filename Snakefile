@@ -1,5 +1,6 @@
 # Semantic Genesis: self-discovery, self-classification and self-restoration pretraining for 3D CT and 2D X-ray.
-# Targets: all, preprocess_3d/_2d, discovery_3d/_2d, pretrain_3d/_2d, finetune_3d/_2d, tables; export_models.
+# Targets: all, preprocess_3d/_2d, discovery_3d/_2d, pretrain_3d/_2d, finetune_3d/_2d, tables; export_models,
+# label_efficiency (in all when finetune.label_fractions has several).
 import os
 import sys
 from pathlib import Path
@@ -96,3 +97,4 @@ rule all:
         rules.pretrain_3d.input,
         rules.pretrain_2d.input,
         rules.tables.output,
+        rules.label_efficiency.output if len(LABEL_FRACTIONS) > 1 else [],

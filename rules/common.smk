@@ -1,7 +1,9 @@
 # Paths, input functions and wildcard constraints shared by the rules.
 import glob
 import json
+import re
 
+from semantic_genesis.finetune.grid import labels_tag, run_folder
 from semantic_genesis.methods import METHODS
 from semantic_genesis.networks.package import EXPORTS
 from semantic_genesis.runtime.provenance import code_digest
@@ -82,8 +84,15 @@ def _available_subsets():
 CT_SUBSETS = _available_subsets()
 
 
+# A label fraction's folder (labels100, labels12.5) -> the fraction, as configured.
+LABEL_FRACTIONS = {labels_tag(fraction): fraction for fraction in config["finetune"]["label_fractions"]}
+# The tables' headline fraction (all labels, unless not configured): its curves and summary.
+FULLEST_FRACTION = max(config["finetune"]["label_fractions"])
+
+
 wildcard_constraints:
     subset="|".join(CT_SUBSETS),
+    labels="|".join(re.escape(tag) for tag in LABEL_FRACTIONS),
     kind="ct|cxr",
     method="|".join(["scratch", *METHODS, *config["finetune"]["external"]]),
     task="|".join(TASKS),
@@ -426,11 +435,12 @@ def finetune_inputs(wildcards):
 
 def finetune_settings(wildcards):
     """Everything that decides one fine-tuning run's result."""
-    shared = {k: config["finetune"][k] for k in ("label_fraction", "label_seed", "augment_flips", "device")}
+    shared = {k: config["finetune"][k] for k in ("label_seed", "augment_flips", "device")}
     return canonical(
         {
             **config["finetune"][wildcards.task],
             **shared,
+            "label_fraction": LABEL_FRACTIONS[wildcards.labels],
             "task": wildcards.task,
             "method": wildcards.method,
             "run": int(wildcards.run),
@@ -441,12 +451,14 @@ def finetune_settings(wildcards):
     )
 
 
-def finetune_files(name, dims=None):
-    """One fine-tuning artifact for every configured task (of one dimension, if given), method and run."""
+def finetune_files(name, dims=None, fractions=None):
+    """One fine-tuning artifact for every configured task (of one dimension, if given), method, label fraction (or
+    those given) and run."""
     return [
-        f"results/finetune/{task}/{method}/run{run}/{name}"
+        f"{run_folder(task, method, fraction, run)}/{name}"
         for task in FINETUNE_TASKS
         if dims is None or TASKS[task].dims == dims
         for method in finetune_methods(task)
+        for fraction in fractions or config["finetune"]["label_fractions"]
         for run in range(config["finetune"]["runs"])
     ]

@@ -1,18 +1,19 @@
-# Fine-tuning: one job per task, initialisation (scratch or a pretraining method) and run; then the result tables.
+# Fine-tuning: one job per task, initialisation (scratch or a pretraining method), label fraction and run; then the
+# result tables and, over the label fractions, the label-efficiency figures.
 
 
 rule finetune:
     input:
         unpack(finetune_inputs),
     output:
-        metrics="results/finetune/{task}/{method}/run{run}/metrics.json",
-        predictions="results/finetune/{task}/{method}/run{run}/predictions.h5",
-        history="results/finetune/{task}/{method}/run{run}/history.csv",
-        curves="results/finetune/{task}/{method}/run{run}/curves.png",
+        metrics="results/finetune/{task}/{method}/{labels}/run{run}/metrics.json",
+        predictions="results/finetune/{task}/{method}/{labels}/run{run}/predictions.h5",
+        history="results/finetune/{task}/{method}/{labels}/run{run}/history.csv",
+        curves="results/finetune/{task}/{method}/{labels}/run{run}/curves.png",
     log:
-        f"{LOGS}/finetune/{{task}}/{{method}}/run{{run}}.log",
+        f"{LOGS}/finetune/{{task}}/{{method}}/{{labels}}/run{{run}}.log",
     benchmark:
-        f"{BENCHMARKS}/finetune/{{task}}/{{method}}/run{{run}}.tsv"
+        f"{BENCHMARKS}/finetune/{{task}}/{{method}}/{{labels}}/run{{run}}.tsv"
     conda:
         ENV
     threads: 1
@@ -61,7 +62,7 @@ if EXTERNAL:
 rule tables:
     input:
         metrics=finetune_files("metrics.json"),
-        histories=finetune_files("history.csv"),
+        histories=finetune_files("history.csv", fractions=[FULLEST_FRACTION]),
     output:
         csv=[
             report(
@@ -92,7 +93,43 @@ rule tables:
         mem_mb=2000,
         runtime=10,
     params:
-        label_fraction=config["finetune"]["label_fraction"],
+        label_fraction=FULLEST_FRACTION,
         code=code("tables"),
     script:
         "../workflow/scripts/tables.py"
+
+
+rule label_efficiency:
+    input:
+        metrics=finetune_files("metrics.json"),
+    output:
+        table=report(
+            "results/tables/label_efficiency.csv",
+            category="Results",
+            subcategory="Label efficiency",
+            caption="../report/label_efficiency.rst",
+        ),
+        text="results/tables/label_efficiency.md",
+        figures=[
+            report(
+                f"results/tables/label_efficiency_{task}.png",
+                category="Results",
+                subcategory="Label efficiency",
+                caption="../report/label_efficiency.rst",
+            )
+            for task in FINETUNE_TASKS
+        ],
+    log:
+        f"{LOGS}/label_efficiency.log",
+    benchmark:
+        f"{BENCHMARKS}/label_efficiency.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code("label_efficiency"),
+    script:
+        "../workflow/scripts/label_efficiency.py"

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from semantic_genesis.finetune.grid import labels_tag
 from semantic_genesis.tables import build as tables
 from semantic_genesis.tables import published as pub
 
@@ -33,7 +34,7 @@ VALUES = {
 
 
 def write_run(root: Path, task, method, run, value, synthetic=False, label_fraction=1.0, **extra) -> Path:
-    folder = root / task / method / f"run{run}" / f"lf{label_fraction:g}"
+    folder = root / task / method / labels_tag(label_fraction) / f"run{run}"
     folder.mkdir(parents=True, exist_ok=True)
     record = dict(
         task=task,
@@ -555,10 +556,7 @@ def test_tables_gathered_over_results_folders_of_two_machines(tmp_path, capsys):
     def results_folder(name: str, runs: range) -> Path:
         for (task, method), values in VALUES.items():
             for run in runs:
-                made = write_run(tmp_path / "scratch", task, method, run, values[run]).parent
-                target = tmp_path / name / "finetune" / task / method / f"run{run}"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.rename(target)
+                write_run(tmp_path / name / "finetune", task, method, run, values[run])
         return tmp_path / name
 
     a, b = results_folder("machine_a", range(2)), results_folder("machine_b", range(2, 3))
@@ -570,8 +568,17 @@ def test_tables_gathered_over_results_folders_of_two_machines(tmp_path, capsys):
     sources = pd.read_csv(tmp_path / "gathered" / "sources.csv")
     assert sources["runs"].tolist() == [2 * len(VALUES), len(VALUES)]
     assert (tmp_path / "gathered" / "curves_ncc.png").stat().st_size
+    assert not (tmp_path / "gathered" / "label_efficiency.csv").exists()  # one label fraction: nothing to draw
     # The same run in two folders, and a folder without runs, are errors naming the files or the folder.
     assert main(["tables", str(a), str(a), "--out", str(tmp_path / "twice")]) == 1
     assert "the same run" in capsys.readouterr().err
     assert main(["tables", str(tmp_path / "gathered"), "--out", str(tmp_path / "none")]) == 1
     assert "no fine-tuning runs" in capsys.readouterr().err
+    # A second folder with a quarter of the labels adds the label-efficiency table and figures.
+    for (task, method), values in VALUES.items():
+        for run, value in enumerate(values):
+            write_run(tmp_path / "quarter" / "finetune", task, method, run, value - 0.05, label_fraction=0.25)
+    assert main(["tables", str(a), str(b), str(tmp_path / "quarter"), "--out", str(tmp_path / "both")]) == 0
+    assert (tmp_path / "both" / "comparison_3d_labels25.csv").exists()
+    assert (tmp_path / "both" / "label_efficiency_ncc.png").stat().st_size
+    assert "Labels needed" in read(tmp_path / "both" / "label_efficiency.md")

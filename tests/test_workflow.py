@@ -355,7 +355,7 @@ def test_strict_mode_fails_the_run_without_artifacts(tmp_path):
 
 def test_finetuning_covers_every_task_method_and_run(workdir):
     for task in (*TASKS_3D, *TASKS_2D):
-        runs = sorted((workdir / f"results/finetune/{task}").glob("*/run*/metrics.json"))
+        runs = sorted((workdir / f"results/finetune/{task}").glob("*/labels100/run*/metrics.json"))
         assert len(runs) == INITS * RUNS, task
         for path in runs:
             metrics = json.loads(path.read_text())
@@ -391,6 +391,29 @@ def test_a_finetuning_setting_reruns_only_finetuning_and_tables(workdir, tmp_pat
     assert planned_jobs(result.stdout + result.stderr) == {**expected, "total": sum(expected.values())}
 
 
+def test_label_fractions_add_their_runs_and_the_label_efficiency_figures(workdir, tmp_path):
+    """A second label fraction adds only its own runs (the full-label runs are kept) and the label-efficiency stage."""
+    results = tmp_path / "work"
+    for name in ("results", ".snakemake"):  # the finished runs and Snakemake's record of how they were made
+        shutil.copytree(
+            workdir / name, results / name, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete")
+        )
+    changed = yaml.safe_load(yaml.safe_dump(TINY))
+    changed["finetune"].update(label_fractions=[0.5, 1.0], tasks=["ncs"])
+    config = write_config(tmp_path / "fractions.yaml", changed)
+    planned = planned_jobs(snakemake(results, "-n", "label_efficiency", "--configfile", config).stdout)
+    assert planned == {"finetune": INITS * RUNS, "label_efficiency": 1, "total": INITS * RUNS + 1}
+    snakemake(results, "--cores", "2", "label_efficiency", "--configfile", config)
+    half = json.loads((results / "results/finetune/ncs/scratch/labels50/run0/metrics.json").read_text())
+    full = json.loads((results / "results/finetune/ncs/scratch/labels100/run0/metrics.json").read_text())
+    assert half["label_fraction"] == 0.5 and half["n_train"] == round(full["n_train"] / 2)
+    table = pd.read_csv(results / "results/tables/label_efficiency.csv")
+    assert set(table["method"]) == set(FINETUNED) and set(table["task"]) == {"ncs"}
+    assert (table["target_labels"] == full["n_train"]).all()
+    assert (results / "results/tables/label_efficiency_ncs.png").stat().st_size > 10_000
+    assert "SYNTHETIC" in (results / "results/tables/label_efficiency.md").read_text()
+
+
 def test_report_gathers_every_stage(workdir):
     snakemake(workdir, "--configfile", str(workdir / "tiny.yaml"), "--report", "report.zip")
     import zipfile
@@ -409,11 +432,11 @@ def test_every_artifact_records_its_data_sources(workdir):
         (record,) = architecture["extra"]["data"]
         assert record["name"] == kind and record["synthetic"] is True
         assert record["root"].startswith("results/synthetic/") and record["manifest_sha256"] == file_digest(manifest)
-    metrics = json.loads((workdir / "results/finetune/ncs/semantic_genesis/run0/metrics.json").read_text())
+    metrics = json.loads((workdir / "results/finetune/ncs/semantic_genesis/labels100/run0/metrics.json").read_text())
     task, scans = metrics["data"]
     assert task["name"] == "ncs" and task["manifest_sha256"] == file_digest(workdir / "results/tasks/ncs/index.tsv")
     assert scans["name"] == "ct" and metrics["synthetic"] is True
-    scratch = json.loads((workdir / "results/finetune/ncs/scratch/run0/metrics.json").read_text())
+    scratch = json.loads((workdir / "results/finetune/ncs/scratch/labels100/run0/metrics.json").read_text())
     assert [r["name"] for r in scratch["data"]] == ["ncs"]
 
 
@@ -597,7 +620,7 @@ def test_external_weights_fine_tune_beside_ours_and_reach_the_tables(tmp_path):
     architecture = json.loads((tmp_path / "results/external/authors_sg/architecture.json").read_text())
     assert architecture["extra"]["external"]["format"] == "semantic_genesis"  # told by its keys
     for name in ("authors_sg", "authors_mg"):
-        metrics = json.loads((tmp_path / f"results/finetune/ncs/{name}/run1/metrics.json").read_text())
+        metrics = json.loads((tmp_path / f"results/finetune/ncs/{name}/labels100/run1/metrics.json").read_text())
         assert metrics["method"] == name and "external" in metrics["pretraining"]
     table = (tmp_path / "results/tables/comparison_3d.md").read_text()
     assert "authors\\_sg‡" in table and "authors\\_mg‡" in table and "‡: external weights" in table

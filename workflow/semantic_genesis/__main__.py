@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     gathered.add_argument("--out", required=True, help="where the tables, runs.csv and sources.csv go")
     args = parser.parse_args(argv)
     if args.command == "tables":
-        from .tables.build import gather_results
+        from .tables.gather import gather_results
 
         try:
             frame = gather_results(args.folders, args.out)

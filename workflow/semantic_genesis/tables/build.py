@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..finetune.grid import run_of
 from ..plots import Line2D, MaxNLocator, Patch, plt, save
 from ..runtime.files import atomic_path
 from ..runtime.provenance import any_synthetic
@@ -882,7 +883,7 @@ def write_results(
 ) -> pd.DataFrame:
     """The tables stage: every table, runs.csv, summary.md, the adding-semantics chart and per-task curves.
 
-    History files are keyed by their folder, results/finetune/<task>/<method>/run<r>/history.csv."""
+    History files (of one label fraction) are keyed by their folder, see finetune.grid.run_of."""
     out_dir = Path(out_dir)
     frame = collect(metrics_paths)
     with atomic_path(out_dir / "runs.csv") as tmp:
@@ -893,8 +894,8 @@ def write_results(
     plot_adding_semantics(summary, out_dir / "adding_semantics.png", label_fraction=label_fraction)
     histories = {}
     for path in map(Path, history_paths):
-        run_dir = path.parent
-        histories[(run_dir.parent.parent.name, run_dir.parent.name, int(run_dir.name.removeprefix("run")))] = path
+        task, method, _, run = run_of(path)
+        histories[(task, method, run)] = path
     plot_finetuning_curves(histories, curve_pngs)
     log.info(
         "tables of %d runs (%d tasks, %d methods) in %s",
@@ -903,28 +904,4 @@ def write_results(
         frame.method.nunique(),
         out_dir,
     )
-    return frame
-
-
-def gather_results(folders: Sequence[Path | str], out_dir: Path | str) -> pd.DataFrame:
-    """write_results over the fine-tuning runs of several results folders (e.g. runs made on different machines).
-
-    Each folder is a workflow's results/ (or any folder holding finetune/<task>/<method>/run<r>/metrics.json); a run
-    found in two folders is an error naming both files, and sources.csv says how many runs came from each folder."""
-    out_dir = Path(out_dir)
-    metrics, counts = [], []
-    for folder in map(Path, folders):
-        found = sorted(folder.glob("finetune/*/*/run*/metrics.json"))
-        if not found:
-            raise FileNotFoundError(f"{folder}: no fine-tuning runs (finetune/<task>/<method>/run<r>/metrics.json)")
-        metrics += found
-        counts.append({"folder": str(folder.resolve()), "runs": len(found)})
-    histories = [path.with_name("history.csv") for path in metrics if path.with_name("history.csv").exists()]
-    tasks = sorted(
-        {path.parts[-4] for path in metrics}, key=lambda task: list(TASKS).index(task) if task in TASKS else 99
-    )
-    curves = {task: out_dir / f"curves_{task}.png" for task in tasks}
-    frame = write_results(metrics, histories, out_dir, curves)
-    with atomic_path(out_dir / "sources.csv") as tmp:
-        pd.DataFrame(counts).to_csv(tmp, index=False)
     return frame
