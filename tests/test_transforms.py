@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 
 import numpy as np
@@ -471,3 +472,48 @@ def test_restoration_mask_is_the_union_of_the_in_painted_blocks():
     batch_mask = T.restoration_mask_batch(plans, shape, torch.device("cpu"))
     for row, p in zip(batch_mask, plans):
         np.testing.assert_array_equal(row.numpy(), T.restoration_mask(p, shape))
+
+
+# Recorded from the transforms as of commit f229064 (before the issue-16 speed-ups): a faster implementation must give
+# every sample the same bytes for the same plan.
+PINNED_POLICIES = {
+    "identity": "68ffe50bc6f948c5",
+    "models_genesis": "c3837ba9ecb21360",
+    "released": "c5d06e7505a3f606",
+    "inpainting": "1123b62750d1773d",
+    "patch_shuffling": "0db0f18378eb7d1d",
+}
+PINNED_STEPS = {
+    "local_shuffle": "caf04324cc1c24dd",
+    "nonlinear": "90a376f383a199f9",
+    "inpaint": "e4fa5f818c691934",
+    "outpaint": "ea825c01df9db9f7",
+    "flip": "a5b7420c18b4c788",
+    "elastic": "268d7e3a80ceb732",
+    "patch_shuffle": "2c9265e925122477",
+}
+
+
+@pytest.mark.parametrize("policy", sorted(PINNED_POLICIES))
+def test_policy_outputs_are_pinned(policy):
+    x = random_patch((32, 64, 64))
+    digest = hashlib.sha256()
+    for i in range(12):
+        inp, target = T.transform(x, policy, T.sample_generator(5, 1, i))
+        digest.update(inp.tobytes())
+        digest.update(target.tobytes())
+    assert digest.hexdigest()[:16] == PINNED_POLICIES[policy]
+
+
+@pytest.mark.parametrize("step", sorted(PINNED_STEPS))
+def test_step_outputs_are_pinned(step):
+    x = random_patch((32, 64, 64))
+    policy = {"elastic": "released", "patch_shuffle": "patch_shuffling"}.get(step, "models_genesis")
+    digest, done, index = hashlib.sha256(), 0, 0
+    while done < 8:
+        for name, params in T.draw(policy, x.shape, T.sample_generator(9, 0, index)):
+            if name == step:
+                digest.update(T.apply(x, ((name, params),))[0].tobytes())
+                done += 1
+        index += 1
+    assert digest.hexdigest()[:16] == PINNED_STEPS[step]
