@@ -3,8 +3,9 @@
 Usage: python benchmarks/transforms.py [--shape 32 64 64] [--samples 300] [--threads 1] [--batch 32]
 Times, on random [0, 1] float32 patches: the full "models_genesis" pipeline (draw + apply, what a DataLoader worker
 does per sample), each step on its own (every sample gets that step), the "released" policy, and apply_batch on CPU
-and, when available, CUDA. The acceptance target is >= 300 samples/s for models_genesis on one CPU core (the original
-code does ~11 samples/s). torch's thread count is set by --threads; numpy runs single-threaded here either way.
+and, when available, CUDA; then the same Models Genesis plans through a reference loop of the same algorithm (local
+shuffling window by window in drawing order, as the authors' code does; outputs checked equal) and the speed-up over
+it (target: 30x). torch's thread count is set by --threads; numpy runs single-threaded here either way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,39 @@ import numpy as np
 import torch
 
 from semantic_genesis.pretrain import transforms as T
+
+
+def reference_local_shuffle(x: np.ndarray, p: T.LocalShuffle) -> np.ndarray:
+    """The same algorithm as a loop over the windows in drawing order, as the authors' code runs it: each window takes
+    its slice of the random stream, sorts its keys and writes its permuted voxels, later windows overwriting."""
+    starts, sizes = T.shuffle_boxes(x.shape, p)
+    count = sizes.prod(axis=1)
+    # The stream is laid out by window size (stable), as in T._sorted_windows.
+    order = np.argsort(count, kind="stable")
+    offset = np.empty(len(count), dtype=np.int64)
+    offset[order] = np.cumsum(count[order]) - count[order]
+    keys = np.random.default_rng([p.seed, 1]).random(int(count.sum())).view(np.uint64)
+    bits = max(1, (x.size - 1).bit_length())
+    high, low = np.uint64(2**64 - 2**bits), np.uint64(2**bits - 1)
+    index = np.arange(x.size, dtype=np.uint64).reshape(x.shape)
+    out, flat = x.copy(), x.reshape(-1)
+    for w in range(p.windows):
+        box = tuple(slice(a, a + n) for a, n in zip(starts[w].tolist(), sizes[w].tolist()))
+        source = np.sort((keys[offset[w] : offset[w] + count[w]] & high) | index[box].ravel()) & low
+        out[box] = flat[source.astype(np.intp)].reshape(out[box].shape)
+    return out
+
+
+def reference_apply(patch: np.ndarray, plan: T.Plan) -> tuple[np.ndarray, np.ndarray]:
+    """T.apply with local shuffling by the reference loop (the other steps are whole-array numpy in both)."""
+    looped = tuple(("looped", params) if name == "local_shuffle" else (name, params) for name, params in plan)
+    target = np.array(patch, dtype=np.float32)
+    x = target
+    for name, params in looped:
+        x = reference_local_shuffle(x, params) if name == "looped" else T.NUMPY_STEPS[name](x, params)
+        if name == "flip":
+            target = T.flip(target, params)
+    return x, target
 
 
 def rate(run: Callable[[int], object], samples: int) -> float:
@@ -58,6 +92,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--reference-samples", type=int, default=20, help="samples timed through the slow loop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = tuple(args.shape)
@@ -67,6 +102,16 @@ def main() -> None:
     for policy in ("models_genesis", "released"):
         r = rate(lambda i, p=policy: T.transform(patch, p, T.sample_generator(0, 1, i)), args.samples)
         rows.append((f"policy {policy} (draw + apply)", r))
+
+    # The same plans through the reference loop: same outputs, checked, and the speed-up over it.
+    mg = [T.draw("models_genesis", shape, T.sample_generator(0, 1, i)) for i in range(args.reference_samples)]
+    for plan in mg[:3]:
+        assert all(np.array_equal(a, b) for a, b in zip(T.apply(patch, plan), reference_apply(patch, plan)))
+    looped = rate(lambda i: reference_apply(patch, mg[i % len(mg)]), args.reference_samples)
+    ours = rate(lambda i: T.apply(patch, mg[i % len(mg)]), args.samples)
+    shuffles = step_plans("local_shuffle", shape, args.reference_samples)
+    looped_step = rate(lambda i: reference_local_shuffle(patch, shuffles[i % len(shuffles)][0][1]), len(shuffles))
+    ours_step = rate(lambda i: T.local_shuffle(patch, shuffles[i % len(shuffles)][0][1]), args.samples)
     for step in ("flip", "local_shuffle", "nonlinear", "inpaint", "outpaint", "elastic", "patch_shuffle"):
         plans = step_plans(step, shape, args.samples)
         rows.append((f"step {step}", rate(lambda i, plans=plans: T.apply(patch, plans[i % len(plans)]), args.samples)))
@@ -79,10 +124,18 @@ def main() -> None:
         cuda = cpu.cuda()
         rows.append((f"apply_batch models_genesis, CUDA, batch {args.batch}", batch_rate(cuda, plans, batches * 4)))
 
+    rows += [
+        ("reference loop: models_genesis (apply)", looped),
+        ("reference loop: local_shuffle", looped_step),
+    ]
     print(f"shape {shape}, {args.samples} samples, torch threads {args.threads}")
     width = max(len(name) for name, _ in rows)
     for name, r in rows:
         print(f"{name:<{width}}  {r:9.1f} samples/s  {1e3 / r:7.2f} ms/sample")
+    print(
+        f"speed-up over the reference loop: models_genesis apply {ours / looped:.1f}x, local_shuffle "
+        f"{ours_step / looped_step:.1f}x (target: 30x)"
+    )
 
 
 if __name__ == "__main__":

@@ -219,6 +219,14 @@ def test_tables_written_with_cells_markers_and_paper_numbers(paths, tmp_path):
     assert row_of(out / "comparison_3d.csv", "scratch")["data"] == "real"
 
 
+def test_confidence_interval_is_students_and_stays_in_the_metrics_range():
+    values = [2.0, 9.0, 4.0]
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    assert low < 0 and tables.confidence_interval(values) == pytest.approx((0.0, high))
+    assert tables.confidence_interval([97.0, 99.5, 99.9])[1] == 100.0
+    assert all(math.isnan(v) for v in tables.confidence_interval([50.0]))
+
+
 def test_holm_matches_its_definition():
     p = [0.01, 0.04, math.nan, 0.03, 0.005]
     # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, running maximum, capped at 1; NaN is no comparison.
@@ -323,6 +331,8 @@ def test_published_only_rows_are_marked_and_only_published(paths, tmp_path):
         and table_2d.loc["scratch", "DXC AUC (%)"] == "70.00 ± 1.00 [67.52, 72.48]*"
     )
     assert table_2d.loc["semantic_genesis", "DXC paper"] == "–"
+    # A method with neither runs nor published numbers in a table (left out by the config) gets no row of dashes.
+    assert "inpainting" not in table_2d.index and "inpainting" in table.index
     assert (table_2d[["PXS IoU (%)", "PXS paper"]] == "–").all().all()
 
 

@@ -30,6 +30,7 @@ original code; points on the diagonal (r1, r1), (r2, r2) would make the map the 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache, reduce
@@ -325,15 +326,14 @@ def _box_offsets(shape: tuple[int, ...], max_size: tuple[int, ...]) -> np.ndarra
     return table
 
 
-def _shuffle_work(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, ...]:
-    """dest, src, window of `shuffle_pairs`, a spare row and a voxel-sized owner map, all in one buffer.
-
-    One allocation, large enough for transparent huge pages, costs far fewer page faults than many (the main cost
-    of this step when each array is allocated separately).
+def _sorted_windows(shape: Sequence[int], p: LocalShuffle, out: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """(dest, key, group_rows, bits): every window voxel in dest, and in key (same layout) the voxel its value comes
+    from in the low `bits` bits; group_rows lists, per run of equal-sized windows, (start, stop, window indices).
 
     Windows are laid out grouped by voxel count, so a group is one (windows, count) block. A window's permutation is
     the order of random keys: uniform doubles viewed as uint64 (same order), their low bits replaced by the voxel
-    index, so one in-place row sort both shuffles and carries the source voxel.
+    index, so one in-place row sort both shuffles and carries the source voxel. `out`: int64 room for 2 x the voxel
+    entries, reused between calls (fresh pages cost more than the arithmetic here).
     """
     starts, sizes = shuffle_boxes(shape, p)
     base = starts @ _strides(shape)
@@ -342,27 +342,24 @@ def _shuffle_work(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, ..
     table = _box_offsets(tuple(shape), tuple(p.max_size))
     order = np.argsort(count.astype(np.min_scalar_type(prod(p.max_size))), kind="stable")  # radix sort if small
     total = int(count.sum())
-    work = np.empty(4 * total + prod(shape), dtype=np.int64)
-    dest, src, window, spare = work[: 4 * total].reshape(4, total)
-    # Window ids and the owner map are int32: half the memory traffic of the owner resolution.
-    window, spare, owner = window.view(np.int32)[:total], spare.view(np.int32)[:total], work[4 * total :].view(np.int32)
-    key = src.view(np.uint64)
-    np.random.default_rng([p.seed, 1]).random(out=src.view(np.float64))
+    work = np.empty(2 * total, dtype=np.int64) if out is None or out.size < 2 * total else out[: 2 * total]
+    dest, key = work[:total], work[total:].view(np.uint64)
+    np.random.default_rng([p.seed, 1]).random(out=key.view(np.float64))
     bits = max(1, (prod(shape) - 1).bit_length())
-    key &= np.uint64(2**64 - 2**bits)
-    lo = 0
+    high = np.uint64(2**64 - 2**bits)
+    rows, lo = [], 0
     for group in np.split(order, np.flatnonzero(np.diff(count[order])) + 1):
         k = int(count[group[0]])
         hi = lo + k * len(group)
         voxels = dest[lo:hi].reshape(-1, k)
         np.add(base[group, None], table[code[group], :k], out=voxels)
-        window[lo:hi].reshape(-1, k)[...] = group[:, None]
         keys = key[lo:hi].reshape(-1, k)
+        keys &= high
         keys |= voxels.view(np.uint64)
         keys.sort(axis=1)
+        rows.append((lo, hi, group))
         lo = hi
-    key &= np.uint64(2**bits - 1)
-    return dest, src, window, spare, owner[: prod(shape)]
+    return dest, key, rows, bits
 
 
 def shuffle_pairs(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -370,18 +367,54 @@ def shuffle_pairs(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, np
 
     Within a window, src is a uniform permutation of dest. Entries are grouped by window size, not in drawing order.
     """
-    return _shuffle_work(shape, p)[:3]
+    dest, key, rows, bits = _sorted_windows(shape, p)
+    src = (key & np.uint64(2**bits - 1)).view(np.int64)
+    window = np.empty(len(dest), dtype=np.int64)
+    for lo, hi, group in rows:
+        window[lo:hi].reshape(len(group), -1)[...] = group[:, None]
+    return dest, src, window
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(size: int) -> np.ndarray:
+    """A per-thread int64 buffer of at least `size` entries, kept between calls."""
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _SCRATCH.buffer = np.empty(size, dtype=np.int64)
+    return buffer
 
 
 def local_shuffle(x: np.ndarray, p: LocalShuffle) -> np.ndarray:
-    """Write each window's permuted input voxels to the output; a voxel keeps the value of the last window over it."""
-    dest, src, window, spare, owner = _shuffle_work(x.shape, p)
-    # Duplicate-index assignment order is undefined in numpy, so resolve "later wins" with an explicit owner map.
+    """Write each window's permuted input voxels to the output; a voxel keeps the value of the last window over it.
+
+    Duplicate-index assignment order is undefined in numpy, so "later wins" is a maximum: each entry carries
+    (window << bits) | source voxel, and per destination the largest is the last window's, with its source."""
+    volume = x.size
+    bits = max(1, (volume - 1).bit_length())
+    wide = max(1, (p.windows - 1).bit_length()) + bits > 31  # else the codes fit int32: half the traffic
+    # Room for a little more than the mean number of entries; a larger draw allocates its own.
+    room = 5 * p.windows * prod(m + 1 for m in p.max_size) // 2 ** len(p.max_size) // 4 + 1
+    scratch = _scratch(volume + 3 * room)
+    dest, key, rows, bits = _sorted_windows(x.shape, p, scratch[volume : volume + 2 * room])
+    low = np.uint64(2**bits - 1)
+    if wide:
+        encoded = key.view(np.int64)
+    elif len(key) <= 2 * room:
+        encoded = scratch[volume + 2 * room :].view(np.int32)[: len(key)]
+    else:
+        encoded = np.empty(len(key), dtype=np.int32)
+    for lo, hi, group in rows:
+        codes = key[lo:hi].reshape(len(group), -1) & low
+        codes |= (group.astype(np.uint64) << np.uint64(bits))[:, None]
+        encoded[lo:hi].reshape(len(group), -1)[...] = codes
+    owner = scratch[:volume] if wide else scratch[:volume].view(np.int32)[:volume]
     owner.fill(-1)
-    np.maximum.at(owner, dest, window)
-    kept = np.flatnonzero(np.equal(np.take(owner, dest, out=spare), window))
+    np.maximum.at(owner, dest, encoded)
+    covered = np.flatnonzero(owner >= 0)
     out = x.copy()
-    out.reshape(-1)[dest[kept]] = x.reshape(-1)[src[kept]]
+    out.reshape(-1)[covered] = x.reshape(-1)[owner[covered] & (2**bits - 1)]
     return out
 
 

@@ -227,14 +227,18 @@ def paired_test(values: pd.DataFrame, reference: pd.DataFrame, test: str = "ttes
     return float(result.pvalue), n, diff
 
 
-def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean of `values` (runs taken as independent draws); NaN for fewer than two."""
+def confidence_interval(
+    values: Sequence[float], level: float = 0.95, bounds: tuple[float, float] = (0.0, 100.0)
+) -> tuple[float, float]:
+    """Student-t interval of the mean of `values` (runs taken as independent draws), clipped to the metric's range
+    `bounds` (a mean of percentages cannot leave [0, 100]; clipping only drops impossible values); NaN for fewer than
+    two values."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
     if len(values) < 2:
         return math.nan, math.nan
     half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean() - half), float(values.mean() + half)
+    return float(max(bounds[0], values.mean() - half)), float(min(bounds[1], values.mean() + half))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -438,6 +442,8 @@ def _table(
     corrected = dict(zip(raw, holm(list(raw.values()))))
     comparisons = sum(not math.isnan(p) for p in raw.values())
     missing = []
+    # A row with neither runs nor a published number (a method this config leaves out) would only hold dashes.
+    rows = [m for m in rows if (runs["method"] == m).any() or any(published(m, task) for task in tasks)]
     for method in rows:
         has_runs = bool((runs["method"] == method).any())
         only_paper = method in published_only and not has_runs
@@ -475,7 +481,7 @@ def _table(
     counts = runs.groupby(["task", "method"]).size()
     n_text = f"{counts.min()}" if len(counts) and counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
     notes = [
-        f"Ours: mean ± sample std (ddof=1) [95% confidence interval of the mean, Student t] over "
+        f"Ours: mean ± sample std (ddof=1) [95% confidence interval of the mean, Student t, clipped to 0-100] over "
         f"{n_text if len(counts) else 'no'} runs, in percent; {MISSING}: no run (ours) or no published number (paper).",
     ]
     notes.append(
