@@ -25,7 +25,7 @@ def reference_local_shuffle(x: np.ndarray, p: T.LocalShuffle) -> np.ndarray:
     its slice of the random stream, sorts its keys and writes its permuted voxels, later windows overwriting."""
     starts, sizes = T.shuffle_boxes(x.shape, p)
     count = sizes.prod(axis=1)
-    # The stream is laid out by window size (stable), as in T._sorted_windows.
+    # The stream is laid out by window size (stable), as in T._window_codes.
     order = np.argsort(count, kind="stable")
     offset = np.empty(len(count), dtype=np.int64)
     offset[order] = np.cumsum(count[order]) - count[order]

@@ -326,13 +326,13 @@ def _box_offsets(shape: tuple[int, ...], max_size: tuple[int, ...]) -> np.ndarra
     return table
 
 
-def _sorted_windows(shape: Sequence[int], p: LocalShuffle, out: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """(dest, key, group_rows, bits): every window voxel in dest, and in key (same layout) the voxel its value comes
-    from in the low `bits` bits; group_rows lists, per run of equal-sized windows, (start, stop, window indices).
+def _window_codes(shape: Sequence[int], p: LocalShuffle, out: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """(dest, codes, bits): every window voxel, and per entry (window << bits) | the voxel its value comes from.
 
     Windows are laid out grouped by voxel count, so a group is one (windows, count) block. A window's permutation is
     the order of random keys: uniform doubles viewed as uint64 (same order), their low bits replaced by the voxel
-    index, so one in-place row sort both shuffles and carries the source voxel. `out`: int64 room for 2 x the voxel
+    index, so one in-place row sort both shuffles and carries the source voxel; the window index then replaces the
+    random high bits. Entries are grouped by window size, not in drawing order. `out`: int64 room for 2 x the
     entries, reused between calls (fresh pages cost more than the arithmetic here).
     """
     starts, sizes = shuffle_boxes(shape, p)
@@ -346,20 +346,22 @@ def _sorted_windows(shape: Sequence[int], p: LocalShuffle, out: np.ndarray | Non
     dest, key = work[:total], work[total:].view(np.uint64)
     np.random.default_rng([p.seed, 1]).random(out=key.view(np.float64))
     bits = max(1, (prod(shape) - 1).bit_length())
-    high = np.uint64(2**64 - 2**bits)
-    rows, lo = [], 0
+    high, low = np.uint64(2**64 - 2**bits), np.uint64(2**bits - 1)
+    lo = 0
     for group in np.split(order, np.flatnonzero(np.diff(count[order])) + 1):
         k = int(count[group[0]])
         hi = lo + k * len(group)
         voxels = dest[lo:hi].reshape(-1, k)
-        np.add(base[group, None], table[code[group], :k], out=voxels)
+        np.take(table[:, :k], code[group], axis=0, out=voxels)
+        voxels += base[group, None]
         keys = key[lo:hi].reshape(-1, k)
         keys &= high
         keys |= voxels.view(np.uint64)
         keys.sort(axis=1)
-        rows.append((lo, hi, group))
+        keys &= low
+        keys |= (group.astype(np.uint64) << np.uint64(bits))[:, None]
         lo = hi
-    return dest, key, rows, bits
+    return dest, key.view(np.int64), bits
 
 
 def shuffle_pairs(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -367,12 +369,8 @@ def shuffle_pairs(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, np
 
     Within a window, src is a uniform permutation of dest. Entries are grouped by window size, not in drawing order.
     """
-    dest, key, rows, bits = _sorted_windows(shape, p)
-    src = (key & np.uint64(2**bits - 1)).view(np.int64)
-    window = np.empty(len(dest), dtype=np.int64)
-    for lo, hi, group in rows:
-        window[lo:hi].reshape(len(group), -1)[...] = group[:, None]
-    return dest, src, window
+    dest, codes, bits = _window_codes(shape, p)
+    return dest, codes & (2**bits - 1), codes >> bits
 
 
 _SCRATCH = threading.local()
@@ -389,33 +387,21 @@ def _scratch(size: int) -> np.ndarray:
 def local_shuffle(x: np.ndarray, p: LocalShuffle) -> np.ndarray:
     """Write each window's permuted input voxels to the output; a voxel keeps the value of the last window over it.
 
-    Duplicate-index assignment order is undefined in numpy, so "later wins" is a maximum: each entry carries
-    (window << bits) | source voxel, and per destination the largest is the last window's, with its source."""
+    Duplicate-index assignment order is undefined in numpy, so "later wins" is a maximum: per destination the largest
+    (window << bits) | source code is the last window's, with its source. Then one gather over the whole volume."""
     volume = x.size
-    bits = max(1, (volume - 1).bit_length())
-    wide = max(1, (p.windows - 1).bit_length()) + bits > 31  # else the codes fit int32: half the traffic
     # Room for a little more than the mean number of entries; a larger draw allocates its own.
     room = 5 * p.windows * prod(m + 1 for m in p.max_size) // 2 ** len(p.max_size) // 4 + 1
-    scratch = _scratch(volume + 3 * room)
-    dest, key, rows, bits = _sorted_windows(x.shape, p, scratch[volume : volume + 2 * room])
-    low = np.uint64(2**bits - 1)
-    if wide:
-        encoded = key.view(np.int64)
-    elif len(key) <= 2 * room:
-        encoded = scratch[volume + 2 * room :].view(np.int32)[: len(key)]
-    else:
-        encoded = np.empty(len(key), dtype=np.int32)
-    for lo, hi, group in rows:
-        codes = key[lo:hi].reshape(len(group), -1) & low
-        codes |= (group.astype(np.uint64) << np.uint64(bits))[:, None]
-        encoded[lo:hi].reshape(len(group), -1)[...] = codes
-    owner = scratch[:volume] if wide else scratch[:volume].view(np.int32)[:volume]
+    scratch = _scratch(2 * volume + 2 * room)
+    dest, codes, bits = _window_codes(x.shape, p, scratch[2 * volume :])
+    owner = scratch[:volume]
     owner.fill(-1)
-    np.maximum.at(owner, dest, encoded)
-    covered = np.flatnonzero(owner >= 0)
-    out = x.copy()
-    out.reshape(-1)[covered] = x.reshape(-1)[owner[covered] & (2**bits - 1)]
-    return out
+    np.maximum.at(owner, dest, codes)
+    source = scratch[volume : 2 * volume]
+    np.bitwise_and(owner, 2**bits - 1, out=source)
+    uncovered = owner < 0
+    source[uncovered] = np.flatnonzero(uncovered)  # voxels in no window keep their own value
+    return np.take(x.reshape(-1), source).reshape(x.shape)
 
 
 def bezier_lut(p: NonLinear) -> np.ndarray:
@@ -434,12 +420,16 @@ def bezier_lut(p: NonLinear) -> np.ndarray:
 def nonlinear(x: np.ndarray, p: NonLinear) -> np.ndarray:
     """Map intensities through the Bezier lookup table with linear interpolation."""
     lut = bezier_lut(p)
+    # (slope, value) per cell side by side: one gather of 8-byte pairs instead of two of 4 bytes.
+    pairs = np.empty((LUT_SIZE, 2), dtype=np.float32)
+    pairs[:, 0] = np.diff(lut)
+    pairs[:, 1] = lut[:-1]
     pos = x * np.float32(LUT_SIZE)
-    cell = np.minimum(pos.astype(np.intp), LUT_SIZE - 1)
-    pos -= cell
-    out = np.take(np.diff(lut), cell)
-    out *= pos
-    out += np.take(lut, cell, out=pos)
+    cell = np.minimum(np.floor(pos), np.float32(LUT_SIZE - 1))
+    pos -= cell  # exact: pos and its cell are within one of each other
+    both = np.take(pairs.view(np.float64).reshape(-1), cell.astype(np.intp)).view(np.float32).reshape(*x.shape, 2)
+    out = both[..., 0] * pos
+    out += both[..., 1]
     return np.clip(out, 0.0, 1.0, out=out)  # guards one-ulp overshoot of the interpolation
 
 
