@@ -59,7 +59,7 @@ def run(kind: str, n: int, size: int, matrix: int, cores: int, workdir: Path) ->
         raise SystemExit(f"the workflow failed at n = {n}:\n{done.stderr[-4000:]}")
     rows = []
     for tsv in sorted((workdir / "results" / "benchmarks").rglob("*.tsv")):
-        rule = tsv.relative_to(workdir / "results" / "benchmarks").parts[0]
+        rule = tsv.relative_to(workdir / "results" / "benchmarks").parts[0].removesuffix(".tsv")
         frame = pd.read_csv(tsv, sep="\t")
         rows.append({"rule": rule, "max_rss": float(frame.max_rss.max()), "s": float(frame.s.sum())})
     table = pd.DataFrame(rows).groupby("rule").agg(max_rss=("max_rss", "max"), s=("s", "sum"), jobs=("s", "size"))
@@ -80,7 +80,7 @@ def main() -> None:
     for n in (args.n, 2 * args.n):
         tables[n] = run(args.kind, n, args.size, args.matrix, args.cores, base / f"n{n}")
     small, large = tables[args.n], tables[2 * args.n]
-    joined = small.join(large, lsuffix="_n", rsuffix="_2n", how="outer")
+    joined = small.merge(large, left_index=True, right_index=True, how="outer", suffixes=("_n", "_2n"))
     joined["rss_ratio"] = joined.max_rss_2n / joined.max_rss_n
     joined["time_ratio"] = joined.s_2n / joined.s_n
     print(f"{args.kind}: N = {args.n} vs 2N = {2 * args.n}; peak RSS in MiB (largest job), time in s (all jobs)")
