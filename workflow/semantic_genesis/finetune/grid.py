@@ -12,6 +12,11 @@ def labels_tag(fraction: float) -> str:
     return f"labels{100 * fraction:g}"
 
 
+def fraction_of(tag: str) -> float:
+    """The label fraction of a folder name made by labels_tag: 'labels12.5' -> 0.125."""
+    return float(tag.removeprefix("labels")) / 100
+
+
 def run_folder(task: str, method: str, fraction: float, run: int) -> str:
     """results/finetune/<task>/<method>/labels<percent>/run<r>."""
     return f"{ROOT}/{task}/{method}/{labels_tag(fraction)}/run{run}"

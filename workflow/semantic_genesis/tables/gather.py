@@ -7,15 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..finetune.grid import run_of
+from ..finetune.grid import fraction_of, run_of
 from ..runtime.files import atomic_path
 from ..tasks.taskdata import TASKS
 from .build import write_results
 from .label_efficiency import write_label_efficiency
-
-
-def _fraction(tag: str) -> float:
-    return float(tag.removeprefix("labels")) / 100
 
 
 def gather_results(folders: Sequence[Path | str], out_dir: Path | str) -> pd.DataFrame:
@@ -35,12 +31,12 @@ def gather_results(folders: Sequence[Path | str], out_dir: Path | str) -> pd.Dat
         metrics += found
         counts.append({"folder": str(folder.resolve()), "runs": len(found)})
     keys = {path: run_of(path) for path in metrics}
-    fractions = sorted({_fraction(tag) for _, _, tag, _ in keys.values()})
+    fractions = sorted({fraction_of(tag) for _, _, tag, _ in keys.values()})
     fullest = max(fractions)
     histories = [
         path.with_name("history.csv")
         for path, (_, _, tag, _) in keys.items()
-        if _fraction(tag) == fullest and path.with_name("history.csv").exists()
+        if fraction_of(tag) == fullest and path.with_name("history.csv").exists()
     ]
     order = list(TASKS)
     tasks = sorted({task for task, *_ in keys.values()}, key=lambda t: order.index(t) if t in order else len(order))
