@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from semantic_genesis.networks.genesis import GenesisNet, NetworkSettings
 from semantic_genesis.pretrain.trainer import EpochBatches, PatchDataset, collate
 from semantic_genesis.pretrain.transforms import TransformSettings, apply_batch
+from semantic_genesis.runtime.heap import reuse_freed_memory
 from semantic_genesis.runtime.training import resolve_device
 
 
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batches", type=int, default=30, help="timed pipeline batches")
     args = parser.parse_args()
+    reuse_freed_memory()  # as the training jobs do (runtime.training.reproducible)
     device, shape = resolve_device(args.device), tuple(args.shape)
     print(f"device {device}, torch threads {torch.get_num_threads()}, patch {shape}, batch {args.batch}")
     model = model_rate(device, args.width, shape, args.batch, args.steps)

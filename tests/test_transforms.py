@@ -247,28 +247,30 @@ def test_outpaint_keeps_its_windows_and_noises_the_rest(shape):
 # ---- local pixel shuffling -----------------------------------------------------------------------------------------
 
 
-def reference_local_shuffle(x: np.ndarray, p: T.LocalShuffle) -> np.ndarray:
-    """Slow loop: windows in drawing order, each writing its permuted input voxels, later ones overwriting."""
-    dest, src, window = T.shuffle_pairs(x.shape, p)
-    out = x.copy()
-    for w in range(p.windows):
-        mine = window == w
-        out.reshape(-1)[dest[mine]] = x.reshape(-1)[src[mine]]
-    return out
-
-
-def test_local_shuffle_matches_reference_loop_on_tiny_array():
+def test_local_shuffle_reference_refills_each_window_with_a_permutation_in_drawing_order():
+    """The reference loop itself, window by window: one window is a permutation of its voxels; a later window over
+    the same voxels overwrites it."""
     x = random_patch((4, 8, 8))
     for seed in range(5):
-        p = T.LocalShuffle(seed, 40, (2, 3, 3))
-        starts, sizes = T.shuffle_boxes(x.shape, p)
-        dest, src, window = T.shuffle_pairs(x.shape, p)
-        for w in range(p.windows):
-            box = T.Box(tuple(starts[w].tolist()), tuple(sizes[w].tolist()))
-            voxels = np.flatnonzero(box_mask(x.shape, [box]))
-            np.testing.assert_array_equal(np.sort(dest[window == w]), voxels)
-            np.testing.assert_array_equal(np.sort(src[window == w]), voxels)
-        np.testing.assert_array_equal(T.local_shuffle(x, p), reference_local_shuffle(x, p))
+        one = T.LocalShuffle(seed, 1, (2, 3, 3))
+        (start,), (size,) = T.shuffle_boxes(x.shape, one)
+        box = T.Box(tuple(start.tolist()), tuple(size.tolist()))
+        out = T.local_shuffle_reference(x, one)
+        np.testing.assert_array_equal(np.sort(out[box.slices], axis=None), np.sort(x[box.slices], axis=None))
+        np.testing.assert_array_equal(out[~box_mask(x.shape, [box])], x[~box_mask(x.shape, [box])])
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8), (5, 7, 9), (12, 10), (1, 6, 6), (20, 30, 40), (64, 64)])
+def test_local_shuffle_equals_the_reference_loop(shape):
+    x = random_patch(shape)
+    for seed in range(4):
+        p = T.LocalShuffle(seed, 60 + 20 * seed, tuple(max(1, d // 3) for d in shape))
+        np.testing.assert_array_equal(T.local_shuffle(x, p), T.local_shuffle_reference(x, p))
+
+
+def test_local_shuffle_needs_a_2d_or_3d_patch():
+    with pytest.raises(ValueError, match="2-D or 3-D"):
+        T.local_shuffle(np.zeros(10, np.float32), T.LocalShuffle(0, 3, (2,)))
 
 
 def check_local_shuffle(x: np.ndarray, out: np.ndarray, p: T.LocalShuffle) -> None:

@@ -315,69 +315,45 @@ def _strides(shape: Sequence[int]) -> np.ndarray:
     return np.cumprod((*shape[1:], 1)[::-1])[::-1].copy()
 
 
+def _boxes_3d(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, ...]:
+    """(starts, sizes, strides, max_size) of the windows in three axes: a 2-D patch gets a leading axis of size 1."""
+    if len(shape) not in (2, 3):
+        raise ValueError(f"local shuffling needs a 2-D or 3-D patch, got shape {tuple(shape)}")
+    starts, sizes = shuffle_boxes(shape, p)
+    pad = 3 - len(shape)
+    if pad:
+        starts, sizes = np.insert(starts, 0, 0, axis=1), np.insert(sizes, 0, 1, axis=1)
+    return starts, sizes, _strides((1,) * pad + tuple(shape)), np.array((1,) * pad + tuple(p.max_size))
+
+
 @lru_cache(maxsize=16)
 def _box_offsets(shape: tuple[int, ...], max_size: tuple[int, ...]) -> np.ndarray:
-    """Flat offsets of every box side up to max_size inside `shape`: row = mixed-radix code of (size - 1), padded."""
-    strides = _strides(shape)
+    """Flat offsets in `shape` of every box side up to max_size, in raster order: row = mixed-radix code of the
+    sides minus one, padded with zeros."""
     table = np.zeros((prod(max_size), prod(max_size)), dtype=np.int64)
     for code, size in enumerate(np.ndindex(*max_size)):
-        offsets = np.indices(np.asarray(size) + 1).reshape(len(shape), -1).T @ strides
+        offsets = np.indices(np.asarray(size) + 1).reshape(len(shape), -1).T @ _strides(shape)
         table[code, : offsets.size] = offsets
     return table
 
 
-def _window_codes(shape: Sequence[int], p: LocalShuffle, out: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """(dest, codes, bits): every window voxel, and per entry (window << bits) | the voxel its value comes from.
-
-    Windows are laid out grouped by voxel count, so a group is one (windows, count) block. A window's permutation is
-    the order of random keys: uniform doubles viewed as uint64 (same order), their low bits replaced by the voxel
-    index, so one in-place row sort both shuffles and carries the source voxel; the window index then replaces the
-    random high bits. Entries are grouped by window size, not in drawing order. `out`: int64 room for 2 x the
-    entries, reused between calls (fresh pages cost more than the arithmetic here).
-    """
-    starts, sizes = shuffle_boxes(shape, p)
-    base = starts @ _strides(shape)
-    code = (sizes - 1) @ _strides(p.max_size)
-    count = reduce(np.multiply, sizes.T)  # faster than prod(axis=1) on short rows
-    table = _box_offsets(tuple(shape), tuple(p.max_size))
-    order = np.argsort(count.astype(np.min_scalar_type(prod(p.max_size))), kind="stable")  # radix sort if small
-    total = int(count.sum())
-    work = np.empty(2 * total, dtype=np.int64) if out is None or out.size < 2 * total else out[: 2 * total]
-    dest, key = work[:total], work[total:].view(np.uint64)
-    np.random.default_rng([p.seed, 1]).random(out=key.view(np.float64))
-    bits = max(1, (prod(shape) - 1).bit_length())
-    high, low = np.uint64(2**64 - 2**bits), np.uint64(2**bits - 1)
-    lo = 0
-    for group in np.split(order, np.flatnonzero(np.diff(count[order])) + 1):
-        k = int(count[group[0]])
-        hi = lo + k * len(group)
-        voxels = dest[lo:hi].reshape(-1, k)
-        np.take(table[:, :k], code[group], axis=0, out=voxels)
-        voxels += base[group, None]
-        keys = key[lo:hi].reshape(-1, k)
-        keys &= high
-        keys |= voxels.view(np.uint64)
-        keys.sort(axis=1)
-        keys &= low
-        keys |= (group.astype(np.uint64) << np.uint64(bits))[:, None]
-        lo = hi
-    return dest, key.view(np.int64), bits
+def _stream_blocks(count: np.ndarray) -> np.ndarray:
+    """block[c]: where the random keys of the windows of c voxels start; the stream is laid out by window size, each
+    size's windows in drawing order (block[-1] is the stream's length)."""
+    windows_of = np.bincount(count)
+    return np.concatenate(([0], np.cumsum(windows_of * np.arange(len(windows_of)))))
 
 
-def shuffle_pairs(shape: Sequence[int], p: LocalShuffle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dest, src, window): every window voxel, the voxel its value comes from, and its window's drawing index.
-
-    Within a window, src is a uniform permutation of dest. Entries are grouped by window size, not in drawing order.
-    """
-    dest, codes, bits = _window_codes(shape, p)
-    return dest, codes & (2**bits - 1), codes >> bits
+def _index_bits(volume: int) -> int:
+    """Low key bits that hold a voxel's flat index."""
+    return max(1, (volume - 1).bit_length())
 
 
 _SCRATCH = threading.local()
 
 
 def _scratch(size: int) -> np.ndarray:
-    """A per-thread int64 buffer of at least `size` entries, kept between calls."""
+    """A per-thread int64 buffer of at least `size` entries, kept between calls: fresh pages cost more than the work."""
     buffer = getattr(_SCRATCH, "buffer", None)
     if buffer is None or buffer.size < size:
         buffer = _SCRATCH.buffer = np.empty(size, dtype=np.int64)
@@ -385,23 +361,45 @@ def _scratch(size: int) -> np.ndarray:
 
 
 def local_shuffle(x: np.ndarray, p: LocalShuffle) -> np.ndarray:
-    """Write each window's permuted input voxels to the output; a voxel keeps the value of the last window over it.
+    """Refill each window with a permutation of its input voxels, the last window over a voxel winning.
 
-    Duplicate-index assignment order is undefined in numpy, so "later wins" is a maximum: per destination the largest
-    (window << bits) | source code is the last window's, with its source. Then one gather over the whole volume."""
-    volume = x.size
-    # Room for a little more than the mean number of entries; a larger draw allocates its own.
-    room = 5 * p.windows * prod(m + 1 for m in p.max_size) // 2 ** len(p.max_size) // 4 + 1
-    scratch = _scratch(2 * volume + 2 * room)
-    dest, codes, bits = _window_codes(x.shape, p, scratch[2 * volume :])
-    owner = scratch[:volume]
-    owner.fill(-1)
-    np.maximum.at(owner, dest, codes)
-    source = scratch[volume : 2 * volume]
-    np.bitwise_and(owner, 2**bits - 1, out=source)
-    uncovered = owner < 0
-    source[uncovered] = np.flatnonzero(uncovered)  # voxels in no window keep their own value
-    return np.take(x.reshape(-1), source).reshape(x.shape)
+    A window's permutation is the order of its random keys: uniform doubles viewed as uint64 (same order) whose low
+    bits are replaced by the window's voxel indices, so sorting the keys both shuffles and carries each source voxel.
+    Same bytes as `local_shuffle_reference`; the loops over windows are compiled (`kernels`), the row sorts numpy's.
+    """
+    from . import kernels  # numba: imported by the first job that shuffles
+
+    boxes = _boxes_3d(x.shape, p)  # starts, sizes, strides, max_size
+    table = _box_offsets(tuple(x.shape), tuple(p.max_size))
+    block = _stream_blocks(reduce(np.multiply, boxes[1].T))  # reduce: faster than prod(axis=1) on short rows
+    keys = _scratch(int(block[-1]))[: block[-1]].view(np.uint64)
+    np.random.default_rng([p.seed, 1]).random(out=keys.view(np.float64))
+    bits = _index_bits(x.size)
+    kernels.window_keys(*boxes, table, block, keys, bits)
+    for n in np.flatnonzero(np.diff(block)):
+        keys[block[n] : block[n + 1]].reshape(-1, n).sort(axis=1)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return kernels.write_windows(flat, *boxes, table, block, keys, bits).reshape(x.shape)
+
+
+def local_shuffle_reference(x: np.ndarray, p: LocalShuffle) -> np.ndarray:
+    """`local_shuffle` as a loop over the windows in drawing order, each sorting its keys and writing its voxels (the
+    authors' loop): the definition the fast path is tested against and `benchmarks/transforms.py` compares with."""
+    starts, sizes = shuffle_boxes(x.shape, p)
+    count = reduce(np.multiply, sizes.T)
+    cursor = _stream_blocks(count)
+    keys = np.random.default_rng([p.seed, 1]).random(int(cursor[-1])).view(np.uint64)
+    low = np.uint64(2 ** _index_bits(x.size) - 1)
+    index = np.arange(x.size, dtype=np.uint64).reshape(x.shape)
+    out, flat = x.copy(), x.reshape(-1)
+    for w in range(p.windows):
+        n = count[w]
+        first = cursor[n]
+        cursor[n] += n
+        box = tuple(slice(a, a + s) for a, s in zip(starts[w].tolist(), sizes[w].tolist()))
+        source = np.sort((keys[first : first + n] & ~low) | index[box].ravel()) & low
+        out[box] = flat[source.astype(np.intp)].reshape(out[box].shape)
+    return out
 
 
 def bezier_lut(p: NonLinear) -> np.ndarray:

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .files import atomic_path
+from .heap import reuse_freed_memory
 from .provenance import module_code_digest
 
 _log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def _deterministic_algorithms(mode: bool, warn_only: bool = True) -> None:
 def reproducible(num_threads: int, deterministic: bool = True) -> Iterator[None]:
     """Deterministic kernels (or, if not, cuDNN autotuning) and a fixed thread count for one training run.
 
-    The global flags are restored after."""
+    The global flags are restored after; the heap keeps freed memory for reuse from then on (`heap`)."""
+    reuse_freed_memory()
     threads, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     was_benchmark = torch.backends.cudnn.benchmark
