@@ -1,7 +1,8 @@
 """Benchmark 3D preprocessing against SimpleITK's bare read of the same file, and its peak memory.
 
 Usage: python benchmarks/preprocess_ct.py [--matrix 512] [--repeats 5] [--compression none]
-Prints seconds per scan for: the read alone, preprocess_scan (read, reorient, window, thumbnail), and the whole
+Prints seconds per scan for: the read alone, h5py's write of the same array alone (the floor of any lossless
+uncompressed output), preprocess_scan (read, reorient, window, thumbnail), and the whole
 per-scan work of the preprocess_ct rule (that plus the chunked HDF5 write). Each task runs in a fresh process, first
 once (the first scan of a job pays for fresh memory pages) and then `repeats` times (the steady cost of every further
 scan of a subset); peak memory is the process's peak RSS above its post-import baseline, also as a multiple of the
@@ -20,6 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import h5py
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -44,19 +46,26 @@ def make_scan(folder: Path, matrix: int) -> Path:
 def run_task(task: str, path: str, settings: CTSettings, out: str, repeats: int) -> dict:
     """Run one task repeats + 1 times in this fresh process: seconds of the first and the later runs, peak RSS."""
     torch.set_num_threads(1)
+    scan = sitk.GetArrayFromImage(sitk.ReadImage(path)) if task == "write" else None
     baseline = reset_peak()
     seconds = []
-    for _ in range(repeats + 1):
+    for repeat in range(repeats + 1):
+        # A fresh output name each time: replacing the last run's file would time the kernel freeing its pages.
+        h5 = Path(out) / f"bench{repeat}.h5"
         start = time.perf_counter()
         if task == "read":
             image = sitk.ReadImage(path)  # keep a reference: the array view below does not own its memory
             sitk.GetArrayViewFromImage(image).sum(dtype=np.int64)  # touch every voxel once
             del image
+        elif task == "write":
+            with h5py.File(h5, "w") as file:
+                file.create_dataset("scan", data=scan)
         elif task == "preprocess":
             preprocess_scan(path, settings)
         else:
-            preprocess_subset([path], "bench", "train", settings, Path(out) / "bench.h5", Path(out) / "bench.tsv")
+            preprocess_subset([path], "bench", "train", settings, h5, Path(out) / "bench.tsv")
         seconds.append(time.perf_counter() - start)
+        h5.unlink(missing_ok=True)
     return {
         "first": seconds[0],
         "steady": statistics.median(seconds[1:]),
@@ -115,6 +124,7 @@ def main() -> None:
         read_s = None
         for task, label in (
             ("read", "SimpleITK read alone"),
+            ("write", "HDF5 write alone (h5py, the scan's bytes)"),
             ("preprocess", "preprocess_scan (read+orient+window+thumb)"),
             ("subset", "preprocess_ct rule work (+ HDF5 write)"),
         ):

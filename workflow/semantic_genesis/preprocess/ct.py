@@ -51,14 +51,34 @@ class CTSettings(Settings):
 
 @dataclass
 class ProcessedScan:
-    """One scan after preprocessing: int16 HU inside the window, array index [z, y, x]."""
+    """One scan after preprocessing: the reoriented (and resampled) image, windowed where it is written."""
 
-    hu: np.ndarray
-    spacing_xyz: tuple[float, float, float]
-    origin_xyz: tuple[float, float, float]
-    direction: tuple[float, ...]
+    image: sitk.Image
+    window: tuple[int, int]
     thumbnail: np.ndarray
     not_for_pretraining: str | None = None  # why the scan serves the target tasks only
+
+    @property
+    def raw(self) -> np.ndarray:
+        """The image's voxels before windowing, index [z, y, x] (a read-only view: valid while the scan is)."""
+        return sitk.GetArrayViewFromImage(self.image)
+
+    @property
+    def hu(self) -> np.ndarray:
+        """int16 HU inside the window, as a new array (the writer windows chunk by chunk instead)."""
+        return window_hu(self.raw, self.window)
+
+    @property
+    def spacing_xyz(self) -> tuple[float, float, float]:
+        return tuple(self.image.GetSpacing())
+
+    @property
+    def origin_xyz(self) -> tuple[float, float, float]:
+        return tuple(self.image.GetOrigin())
+
+    @property
+    def direction(self) -> tuple[float, ...]:
+        return tuple(self.image.GetDirection())
 
 
 def to_unit(hu: np.ndarray, window: tuple[int, int]) -> np.ndarray:
@@ -90,24 +110,25 @@ def resample(image: sitk.Image, spacing_xyz: tuple[float, float, float], fill_hu
     )
 
 
-def window_hu(array: np.ndarray, window: tuple[int, int]) -> np.ndarray:
-    """Clip to the HU window into a new int16 array in one pass (lossless for integer HU; float HU are rounded)."""
+def window_hu(array: np.ndarray, window: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """Clip to the HU window into int16 `out` (default a new array) in one pass (lossless for integer HU; float HU are
+    rounded)."""
     lo, hi = window
     if np.issubdtype(array.dtype, np.floating):
         array = np.rint(array)
-    return np.clip(array, lo, hi, out=np.empty(array.shape, np.int16), casting="unsafe")
+    return np.clip(array, lo, hi, out=np.empty(array.shape, np.int16) if out is None else out, casting="unsafe")
 
 
 def thumbnail(hu: np.ndarray, window: tuple[int, int], size_xyz: tuple[int, int, int], slab: int = 16) -> np.ndarray:
-    """Whole scan resized to size_xyz by area averaging (anti-aliased), [0, 1] float16, index [z, y, x].
+    """Whole scan (HU, windowed or not) resized to size_xyz by area averaging (anti-aliased), [0, 1] float16, index
+    [z, y, x].
 
-    Area averaging is separable, so slabs of slices are pooled in-plane first and the small result along z: the
-    float copy never exceeds one slab, where pooling the whole volume at once would need twice the scan in float32.
+    Area averaging is separable, so slabs of slices are windowed and pooled in-plane first and the small result along
+    z: no copy exceeds one slab, where pooling the whole volume at once would need twice the scan in float32.
     """
     nx, ny, nz = size_xyz
-    in_plane = torch.cat(
-        [F.adaptive_avg_pool2d(torch.from_numpy(hu[z : z + slab]).float(), (ny, nx)) for z in range(0, len(hu), slab)]
-    )
+    slabs = (torch.from_numpy(window_hu(hu[z : z + slab], window)).float() for z in range(0, len(hu), slab))
+    in_plane = torch.cat([F.adaptive_avg_pool2d(part, (ny, nx)) for part in slabs])
     pooled = F.adaptive_avg_pool3d(in_plane[None, None], (nz, ny, nx))[0, 0].numpy()
     return to_unit(pooled, window).astype(np.float16)
 
@@ -150,15 +171,17 @@ def preprocess_scan(path: Path | str, settings: CTSettings) -> ProcessedScan:
     )
     if settings.check_plausible and (problem := implausible_chest_ct(sitk.GetArrayViewFromImage(image))):
         raise InputError(path, f"{problem} (preprocess.ct.check_plausible: false accepts it)")
-    hu = window_hu(sitk.GetArrayViewFromImage(image), settings.hu_window)
     return ProcessedScan(
-        hu=hu,
-        spacing_xyz=tuple(image.GetSpacing()),
-        origin_xyz=tuple(image.GetOrigin()),
-        direction=tuple(image.GetDirection()),
-        thumbnail=thumbnail(hu, settings.hu_window, settings.thumbnail_size),
+        image=image,
+        window=settings.hu_window,
+        thumbnail=thumbnail(sitk.GetArrayViewFromImage(image), settings.hu_window, settings.thumbnail_size),
         not_for_pretraining=thin,
     )
+
+
+def _window_into(out: np.ndarray, part: np.ndarray, window: tuple[int, int]) -> None:
+    """write_chunks' fill: one chunk of raw HU windowed into its buffer."""
+    window_hu(part, window, out=out)
 
 
 def _fmt(values, digits: int | None = None) -> str:
@@ -219,12 +242,13 @@ def preprocess_subset(
                     raise InputError(path, f"{result} (preprocess.strict is true)")
             else:
                 seen.add(sid)
-                hu = result.hu
+                raw = result.raw
                 if compression is None:
-                    data = write_chunks(h5, f"scans/{sid}", hu, chunk_zyx)
+                    clip = partial(_window_into, window=settings.hu_window)
+                    data = write_chunks(h5, f"scans/{sid}", raw, chunk_zyx, np.dtype(np.int16), clip)
                 else:
-                    chunks = tuple(min(c, s) for c, s in zip(chunk_zyx, hu.shape))
-                    data = h5.create_dataset(f"scans/{sid}", data=hu, chunks=chunks, compression=compression)
+                    chunks = tuple(min(c, s) for c, s in zip(chunk_zyx, raw.shape))
+                    data = h5.create_dataset(f"scans/{sid}", data=result.hu, chunks=chunks, compression=compression)
                 data.attrs.update(
                     spacing_xyz=result.spacing_xyz,
                     origin_xyz=result.origin_xyz,
@@ -232,7 +256,7 @@ def preprocess_subset(
                     source=path,
                 )
                 h5.create_dataset(f"thumbnails/{sid}", data=result.thumbnail)
-                row.update(shape=_fmt(hu.shape[::-1]), spacing=_fmt(result.spacing_xyz, 3))
+                row.update(shape=_fmt(raw.shape[::-1]), spacing=_fmt(result.spacing_xyz, 3))
                 if result.not_for_pretraining:
                     reason = f"{result.not_for_pretraining}: kept for the target tasks, not pretraining"
                     row.update(status="tasks_only", reason=reason)

@@ -7,7 +7,7 @@ import itertools
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -75,20 +75,26 @@ def read_h5(path: Path | str) -> h5py.File:
         ) from None
 
 
-def write_chunks(group: h5py.Group, name: str, array: np.ndarray, chunks: tuple[int, ...]) -> h5py.Dataset:
-    """An uncompressed chunked dataset holding `array`, each chunk's bytes handed to HDF5 as they are.
+def write_chunks(
+    group: h5py.Group,
+    name: str,
+    array: np.ndarray,
+    chunks: tuple[int, ...],
+    dtype: np.dtype | None = None,
+    fill: Callable[[np.ndarray, np.ndarray], object] = np.copyto,
+) -> h5py.Dataset:
+    """An uncompressed chunked dataset of `dtype` (default array's) holding fill(out=chunk, part) of every chunk.
 
-    Bypasses HDF5's per-element selection and conversion machinery (most of the time of `create_dataset(data=...)`
-    for a whole scan); edge chunks are padded, as HDF5 stores them. Reads back exactly as create_dataset's."""
+    Each chunk is converted into one reused buffer and its bytes handed to HDF5 as they are: no whole-array copy, and
+    none of HDF5's per-element selection and conversion machinery (most of the time of `create_dataset(data=...)` for
+    a whole scan). Edge chunks are zero-padded, as HDF5 stores them. Reads back exactly as create_dataset's."""
     chunks = tuple(min(c, s) for c, s in zip(chunks, array.shape))
-    data = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=chunks)
-    block = np.zeros(chunks, dtype=array.dtype)
+    data = group.create_dataset(name, shape=array.shape, dtype=dtype or array.dtype, chunks=chunks)
+    block = np.zeros(chunks, dtype=data.dtype)
     for corner in itertools.product(*(range(0, size, step) for size, step in zip(array.shape, chunks))):
         part = array[tuple(slice(c, c + step) for c, step in zip(corner, chunks))]
-        if part.shape == chunks:
-            data.id.write_direct_chunk(corner, np.ascontiguousarray(part))
-        else:
+        if part.shape != chunks:
             block.fill(0)
-            block[tuple(slice(0, n) for n in part.shape)] = part
-            data.id.write_direct_chunk(corner, block)
+        fill(block[tuple(slice(0, n) for n in part.shape)], part)
+        data.id.write_direct_chunk(corner, block)
     return data
