@@ -5,7 +5,7 @@ VENV ?= .venv
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo benchmark test lint clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 # (two 1-thread jobs do about 1.8x the work of one 2-thread job), and the demo has 16 independent training jobs.
 demo: setup
 	$(BIN)/snakemake all --cores $(CORES) --set-threads autoencoder=1 pretrain=1
+
+# About two hours on 2 cores (README, "Benchmark"): larger synthetic sets, five runs, a label-efficiency grid.
+benchmark: setup
+	$(BIN)/snakemake all --cores $(CORES) --set-threads autoencoder=1 pretrain=1 --configfile config/benchmark.yaml
 
 test: setup
 	$(BIN)/pytest -q

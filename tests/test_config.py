@@ -14,7 +14,7 @@ def test_defaults_fill_an_empty_config():
     assert config["data"]["ct_root"] is None
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper_3d.yaml", "paper_2d.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "paper_3d.yaml", "paper_2d.yaml", "benchmark.yaml"])
 def test_shipped_configs_are_valid(name):
     config = load_config(REPO / "config" / name)
     assert config["preprocess"]["ct"]["min_slices"] == 96
