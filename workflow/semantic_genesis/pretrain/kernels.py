@@ -34,16 +34,19 @@ def window_keys(
     block: np.ndarray,
     keys: np.ndarray,
     bits: int,
-) -> None:
-    """Replace the low `bits` of each window's keys by its voxels' flat indices, in raster order (in place)."""
+) -> np.ndarray:
+    """Replace the low `bits` of each window's keys by its voxels' flat indices, in raster order (in place); return
+    where each window's keys start, for `write_windows`."""
     cursor = block.copy()
+    firsts = np.empty(starts.shape[0], dtype=np.int64)
     high = ~np.uint64((1 << bits) - 1)
     for w in range(starts.shape[0]):
         n, base, code = _window(starts, sizes, strides, max_size, w)
-        first = cursor[n]
+        first = firsts[w] = cursor[n]
         cursor[n] += n
         for i in range(n):
             keys[first + i] = (keys[first + i] & high) | np.uint64(base + table[code, i])
+    return firsts
 
 
 @numba.njit(cache=True, nogil=True)
@@ -54,19 +57,17 @@ def write_windows(
     strides: np.ndarray,
     max_size: np.ndarray,
     table: np.ndarray,
-    block: np.ndarray,
+    firsts: np.ndarray,
     keys: np.ndarray,
     bits: int,
 ) -> np.ndarray:
-    """A copy of the flat `x` whose windows' voxels, in raster order, take the input voxels named by their sorted keys;
-    windows are written in drawing order, so the last one over a voxel wins."""
-    cursor = block.copy()
+    """A copy of the flat `x` whose windows' voxels, in raster order, take the input voxels named by their sorted keys
+    (window w's from `firsts[w]` on); windows are written in drawing order, so the last one over a voxel wins."""
     low = np.uint64((1 << bits) - 1)
     out = x.copy()
     for w in range(starts.shape[0]):
         n, base, code = _window(starts, sizes, strides, max_size, w)
-        first = cursor[n]
-        cursor[n] += n
+        first = firsts[w]
         for i in range(n):
             out[base + table[code, i]] = x[keys[first + i] & low]
     return out

@@ -375,11 +375,11 @@ def local_shuffle(x: np.ndarray, p: LocalShuffle) -> np.ndarray:
     keys = _scratch(int(block[-1]))[: block[-1]].view(np.uint64)
     np.random.default_rng([p.seed, 1]).random(out=keys.view(np.float64))
     bits = _index_bits(x.size)
-    kernels.window_keys(*boxes, table, block, keys, bits)
+    firsts = kernels.window_keys(*boxes, table, block, keys, bits)
     for n in np.flatnonzero(np.diff(block)):
         keys[block[n] : block[n + 1]].reshape(-1, n).sort(axis=1)
     flat = np.ascontiguousarray(x).reshape(-1)
-    return kernels.write_windows(flat, *boxes, table, block, keys, bits).reshape(x.shape)
+    return kernels.write_windows(flat, *boxes, table, firsts, keys, bits).reshape(x.shape)
 
 
 def local_shuffle_reference(x: np.ndarray, p: LocalShuffle) -> np.ndarray:
