@@ -22,6 +22,7 @@ rule autoencoder:
         f"{LOGS}/autoencoder/{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/autoencoder/{{kind}}.tsv"
+    priority: 10
     conda:
         ENV
     threads: 2
@@ -52,6 +53,7 @@ rule embed:
         f"{LOGS}/embed/{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/embed/{{kind}}.tsv"
+    priority: 10
     conda:
         ENV
     threads: 2
@@ -80,6 +82,7 @@ rule plan:
         f"{LOGS}/plan/{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/plan/{{kind}}.tsv"
+    priority: 10
     conda:
         ENV
     threads: 1
@@ -107,6 +110,7 @@ rule patches:
         f"{LOGS}/patches/{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/patches/{{kind}}.tsv"
+    priority: 10
     conda:
         ENV
     threads: 1

@@ -11,6 +11,7 @@ rule preprocess_ct:
         f"{LOGS}/preprocess_ct/{{subset}}.log",
     benchmark:
         f"{BENCHMARKS}/preprocess_ct/{{subset}}.tsv"
+    priority: 10
     conda:
         ENV
     threads: 2
@@ -35,6 +36,7 @@ rule ct_manifest:
         f"{LOGS}/ct_manifest.log",
     benchmark:
         f"{BENCHMARKS}/ct_manifest.tsv"
+    priority: 10
     conda:
         ENV
     threads: 1
@@ -59,6 +61,7 @@ rule preprocess_cxr:
         f"{BENCHMARKS}/preprocess_cxr/{{shard}}.tsv"
     wildcard_constraints:
         shard=r"\d+",
+    priority: 10
     conda:
         ENV
     threads: 4
@@ -84,6 +87,7 @@ rule cxr_manifest:
         f"{LOGS}/cxr_manifest.log",
     benchmark:
         f"{BENCHMARKS}/cxr_manifest.tsv"
+    priority: 10
     conda:
         ENV
     threads: 1

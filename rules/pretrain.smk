@@ -12,6 +12,7 @@ rule random_cubes:
         f"{LOGS}/random_cubes/{{kind}}.log",
     benchmark:
         f"{BENCHMARKS}/random_cubes/{{kind}}.tsv"
+    priority: 10
     conda:
         ENV
     threads: 1
@@ -58,6 +59,7 @@ rule pretrain:
         f"{BENCHMARKS}/pretrain/{{kind}}/{{method}}.tsv"
     wildcard_constraints:
         method="|".join(METHODS),
+    priority: 10
     conda:
         ENV
     # Torch threads on the CPU; on a GPU, DataLoader workers (threads - 1); shared among the processes of a
