@@ -12,7 +12,12 @@ import pytest
 import yaml
 from conftest import REPO
 
-DOCUMENTS = [REPO / "README.md", REPO / "config" / "README.md", *sorted((REPO / "config").glob("paper_*.yaml"))]
+DOCUMENTS = [
+    REPO / "README.md",
+    REPO / "config" / "README.md",
+    REPO / "config" / "benchmark.yaml",
+    *sorted((REPO / "config").glob("paper_*.yaml")),
+]
 # Shown as a pattern, not a command to run.
 PATTERNS = ("...", "<target>")
 
@@ -34,6 +39,7 @@ def snakemake_commands(text: str) -> list[str]:
 def test_the_documents_show_commands():
     found = {str(path.relative_to(REPO)): snakemake_commands(path.read_text()) for path in DOCUMENTS}
     assert len(found["README.md"]) >= 15 and found["config/paper_3d.yaml"] and found["config/paper_2d.yaml"]
+    assert found["config/benchmark.yaml"]
 
 
 def stand_in_roots(root: Path) -> dict[str, str]:
