@@ -169,12 +169,13 @@ def preprocess_scan(path: Path | str, settings: CTSettings) -> ProcessedScan:
     thin = (
         f"has {slices} slices, fewer than min_slices = {settings.min_slices}" if slices < settings.min_slices else None
     )
-    if settings.check_plausible and (problem := implausible_chest_ct(sitk.GetArrayViewFromImage(image))):
+    hu = sitk.GetArrayViewFromImage(image)  # a view: ProcessedScan.raw is the same memory
+    if settings.check_plausible and (problem := implausible_chest_ct(hu)):
         raise InputError(path, f"{problem} (preprocess.ct.check_plausible: false accepts it)")
     return ProcessedScan(
         image=image,
         window=settings.hu_window,
-        thumbnail=thumbnail(sitk.GetArrayViewFromImage(image), settings.hu_window, settings.thumbnail_size),
+        thumbnail=thumbnail(hu, settings.hu_window, settings.thumbnail_size),
         not_for_pretraining=thin,
     )
 
