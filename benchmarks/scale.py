@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from job_times import job_table, per_rule
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {
@@ -57,13 +58,7 @@ def run(kind: str, n: int, size: int, matrix: int, cores: int, workdir: Path) ->
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"the workflow failed at n = {n}:\n{done.stderr[-4000:]}")
-    rows = []
-    for tsv in sorted((workdir / "results" / "benchmarks").rglob("*.tsv")):
-        rule = tsv.relative_to(workdir / "results" / "benchmarks").parts[0].removesuffix(".tsv")
-        frame = pd.read_csv(tsv, sep="\t")
-        rows.append({"rule": rule, "max_rss": float(frame.max_rss.max()), "s": float(frame.s.sum())})
-    table = pd.DataFrame(rows).groupby("rule").agg(max_rss=("max_rss", "max"), s=("s", "sum"), jobs=("s", "size"))
-    return table
+    return per_rule(job_table(workdir / "results"))
 
 
 def main() -> None:

@@ -85,6 +85,19 @@ def test_preprocess_targets_build_every_artifact(workdir):
     assert (workdir / "results/benchmarks/preprocess_ct/subset0.tsv").exists()
 
 
+def test_job_times_sums_the_benchmark_files(workdir):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "job_times.py"), str(workdir / "results")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in done.stdout.splitlines()[3:]}
+    assert rows["preprocess_ct"] == "4" and rows["ct_manifest"] == "1" and rows["synthetic_ct"] == "1"
+    seconds = sum(pd.read_csv(p, sep="\t").s.sum() for p in (workdir / "results/benchmarks").rglob("*.tsv"))
+    assert f"{seconds / 60:.1f} job-minutes" in done.stdout.splitlines()[0]
+
+
 def test_second_run_does_nothing(workdir):
     result = snakemake(workdir, "--configfile", str(workdir / "tiny.yaml"), "-n", *TARGETS)
     assert "Nothing to be done" in result.stdout + result.stderr
