@@ -164,13 +164,19 @@ def test_two_process_step_equals_the_single_process_step_on_the_same_global_batc
         for name, value in expected_grads.items():
             assert torch.allclose(grads[name], value, rtol=1e-4, atol=1e-5 * float(value.abs().max())), (rank, name)
         # The step moved the weights, and both processes moved them as the single process did, batch-norm running
-        # statistics included (they come from the whole batch). Gradients agree to float32 rounding on this
-        # well-conditioned batch (a batch whose batch-norm channels barely vary can amplify rounding to ~1%: see
-        # the float64 test for the exact check); Adam's first step, about lr * sign(gradient), turns rounding of
-        # near-zero gradients into up to ~1% of lr.
+        # statistics included (they come from the whole batch). Gradients agree to float32 rounding (see the float64
+        # test for the exact check). Adam's first step is lr * g / (|g| + eps), about lr * sign(g): where a gradient
+        # is within rounding of zero its sign, and so the step, may differ by up to 2 lr; everywhere else the steps
+        # agree to a small fraction of lr.
         assert not torch.equal(got["unet.encoder.down.0.0.0.weight"], before["unet.encoder.down.0.0.0.weight"])
         for name, value in expected.items():
-            assert torch.allclose(got[name].float(), value.float(), rtol=1e-4, atol=0.02 * LR), (rank, name)
+            difference = (got[name].float() - value.float()).abs()
+            signed = torch.ones_like(difference, dtype=torch.bool)
+            if name in expected_grads:
+                gradient = expected_grads[name].abs()
+                signed = gradient > 1e-4 * float(gradient.max())
+            assert (difference[signed] <= 0.02 * LR + 1e-4 * value.float().abs()[signed]).all(), (rank, name)
+            assert (difference[~signed] <= 2 * LR * (1 + 1e-3)).all(), (rank, name)
 
 
 def _pretrain_rank(rank: int, port: int, patches_path, out_root) -> None:
