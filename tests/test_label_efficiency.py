@@ -8,7 +8,7 @@ import pandas as pd
 from test_tables import write_run
 
 from semantic_genesis.tables import build as tables
-from semantic_genesis.tables.label_efficiency import efficiency, write_label_efficiency
+from semantic_genesis.tables.label_efficiency import efficiency, run_range, write_label_efficiency
 
 FRACTIONS = (0.25, 0.5, 1.0)
 # Per method: the mean test IoU at each fraction; runs spread it by -1, 0, +1 points.
@@ -57,3 +57,9 @@ def test_figures_and_tables_are_written_and_a_task_without_scratch_says_so(tmp_p
     assert row == "| Semantic Genesis | 50% (20 of 40 labels) | – |"
     assert "| Models Genesis | not reached (tested 0.25 0.5 1) |" in text
     assert "NCS IoU 60.00% at 100% of the labels" in text
+
+
+def test_run_range_names_one_count_or_the_range():
+    assert run_range(pd.Series([4, 4, 4])) == "4"
+    assert run_range(pd.Series([3, 4])) == "3-4"
+    assert run_range(pd.Series([], dtype=int)) == "0"

@@ -112,7 +112,7 @@ def render_markdown(table: pd.DataFrame) -> str:
         "",
         "Each cell: the smallest label fraction tested at which the method's mean over runs reaches scratch's mean "
         f"with the most labels ({described or 'no scratch runs'}), and the labelled training samples that is. Means "
-        f"over {int(table['runs'].min()) if len(table) else 0}+ runs; no test of the difference: read the figures' "
+        f"over {run_range(table['runs'])} runs; no test of the difference: read the figures' "
         "spread.",
     ]
     return "\n".join(lines) + "\n"
@@ -146,10 +146,17 @@ def plot_task(points: pd.DataFrame, task: str, out_png: Path | str) -> Path:
     ax.grid(alpha=0.3)
     if len(here):
         ax.legend(fontsize=8, loc="lower right")
-    runs = f"{int(here['runs'].min())}-{int(here['runs'].max())}" if len(here) else "0"
-    title = f"{task.upper()}: label efficiency (mean ± std over {runs} runs)"
+    title = f"{task.upper()}: label efficiency (mean ± std over {run_range(here['runs'])} runs)"
     ax.set_title(_synthetic_title(title, bool(here["synthetic"].any())), fontsize=10)
     return save(fig, out_png)
+
+
+def run_range(runs: pd.Series) -> str:
+    """How many runs the points rest on: '4', or '3-4' when some cells lost a run; '0' with none."""
+    if runs.empty:
+        return "0"
+    lo, hi = int(runs.min()), int(runs.max())
+    return str(hi) if lo == hi else f"{lo}-{hi}"
 
 
 def write_label_efficiency(
