@@ -55,7 +55,7 @@ def test_figures_and_tables_are_written_and_a_task_without_scratch_says_so(tmp_p
     text = (out / "label_efficiency.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| Semantic Genesis"))
     assert row == "| Semantic Genesis | 50% (20 of 40 labels) | – |"
-    assert "| Models Genesis | not reached (tested 0.25 0.5 1) |" in text
+    assert "| Models Genesis | not reached (tested 25%, 50%, 100%) |" in text
     assert "NCS IoU 60.00% at 100% of the labels" in text
 
 

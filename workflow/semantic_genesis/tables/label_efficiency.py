@@ -78,11 +78,12 @@ def efficiency(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _needed_text(row: Mapping) -> str:
-    """'25% (40 of 160 labels)', 'not reached' or '–' (no scratch runs to match)."""
+    """'25% (40 of 160 labels)', 'not reached (tested 25%, 100%)' or '–' (no scratch runs to match)."""
     if math.isnan(row["target"]):
         return MISSING
     if math.isnan(row["fraction_needed"]):
-        return f"not reached (tested {row['fractions_tested']})"
+        tested = ", ".join(f"{100 * float(f):g}%" for f in row["fractions_tested"].split())
+        return f"not reached (tested {tested})"
     return f"{100 * row['fraction_needed']:g}% ({row['labels_needed']:.0f} of {row['target_labels']:.0f} labels)"
 
 
@@ -102,7 +103,7 @@ def render_markdown(table: pd.DataFrame) -> str:
             row = table[(table["task"] == task) & (table["method"] == method)]
             cells.append(_needed_text(row.iloc[0]) if len(row) else MISSING)
         lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
-    targets = table.drop_duplicates("task")
+    targets = table.drop_duplicates("task").set_index("task").loc[tasks].reset_index()
     described = "; ".join(
         f"{r.task.upper()} {r.metric} {r.target:.2f}% at {100 * r.target_fraction:g}% of the labels"
         for r in targets.itertuples()
