@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/snakemake all --cores $(CORES) --set-threads autoencoder=1 pretrain=1
 
-# About two hours on 2 cores (README, "Benchmark"): larger synthetic sets, five runs, a label-efficiency grid.
+# About two hours on 2 cores (README, "The benchmark configuration"): larger synthetic sets, four runs, a
+# label-efficiency grid.
 benchmark: setup
 	$(BIN)/snakemake all --cores $(CORES) --set-threads autoencoder=1 pretrain=1 --configfile config/benchmark.yaml
 
